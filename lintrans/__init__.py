@@ -1,0 +1,32 @@
+"""lintrans: in-context learning in stacked linear attention as implicit gradient descent, exactly.
+
+Modules (one concept each; data flows down this list):
+
+* :mod:`lintrans.params` — the parameter pytree ``LinearAttentionParams(w_k, w_q, w_v)``.
+* :mod:`lintrans.tasks` — prompt samplers in the SPEC layout ``(D, N+1)``, query last.
+* :mod:`lintrans.attention` — the layer, the stacked forward pass, masks, scale, readout.
+* :mod:`lintrans.trajectory` — ``ΔW_t``, ``G_t``, ``W_t`` (Theorem 1).
+* :mod:`lintrans.checks` — the identities T1–T6 as relative errors.
+* :mod:`lintrans.constructions` — the gradient-descent construction.
+* :mod:`lintrans.pruning` — SVD truncation by clipping rate, condition numbers.
+* :mod:`lintrans.numerics`, :mod:`lintrans.io` — full-precision products, errors, files.
+"""
+
+from lintrans.attention import forward, forward_states, predict, predict_tokens
+from lintrans.params import LinearAttentionParams, init_params, load_params, save_params
+from lintrans.trajectory import Trajectory, trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LinearAttentionParams",
+    "init_params",
+    "load_params",
+    "save_params",
+    "forward",
+    "forward_states",
+    "predict",
+    "predict_tokens",
+    "Trajectory",
+    "trajectory",
+]

@@ -1,0 +1,120 @@
+"""Prompt samplers: Garg-style in-context linear regression, and generic random tokens (SPEC §1, §5).
+
+Layout (SPEC §1): a prompt is ``H`` of shape ``(D, N+1)``, columns are tokens
+``h_i = [x_i; y_i]``, the query ``[x_q; 0]`` is the last column (label slot zeroed); a batch is
+``(B, D, N+1)``. Every sampler takes a JAX key first, is a pure function of it and runs under jit.
+
+Regression task ``linear`` (Garg et al., 2022): ``w ~ N(0, I_d)``, ``x ~ N(0, I_d)``,
+``y = wᵀx + σ ε``; options: label noise ``σ`` (``noise_std``), ``k``-sparse ``w`` (``sparsity``:
+``k`` coordinates kept, chosen uniformly), anisotropic inputs ``x = Σ^{1/2} z`` (``cov_sqrt``,
+a ``(d, d)`` matrix). ``d = d_in``, ``d_out = 1``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lintrans.io import load_npz, require_float_array
+from lintrans.numerics import einsum
+
+__all__ = ["RegressionBatch", "sample_linear", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
+
+
+class RegressionBatch(NamedTuple):
+    """A batch of regression prompts.
+
+    Attributes:
+      H: ``(B, D, N+1)`` prompts, ``D = d_in + 1``, query last with label slot 0.
+      y_query: ``(B,)`` the query's true label (noise included).
+      w: ``(B, d_in)`` the task vector of each prompt.
+    """
+
+    H: jax.Array
+    y_query: jax.Array
+    w: jax.Array
+
+
+def tokens_from_xy(X: jax.Array, y: jax.Array) -> jax.Array:
+    """``(N+1, d_in)`` inputs and ``(N+1,)`` labels → ``(D, N+1)`` prompt with the query label zeroed."""
+    y = y.at[-1].set(0.0)
+    return jnp.concatenate([X.T, y[None, :]], axis=0)
+
+
+def split_prompt(H: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(D, N+1)`` prompt (``d_out = 1``) → ``(X_s (N, d_in), y_s (N,), x_q (d_in,))``."""
+    return H[:-1, :-1].T, H[-1, :-1], H[:-1, -1]
+
+
+def sample_linear(
+    key: jax.Array,
+    n_prompts: int,
+    n_demos: int,
+    d_in: int,
+    *,
+    noise_std: float = 0.0,
+    sparsity: int | None = None,
+    cov_sqrt: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> RegressionBatch:
+    """Sample ``n_prompts`` linear-regression prompts with ``n_demos`` demonstrations each.
+
+    Args:
+      key: JAX PRNG key (split into w, x, noise and support keys; none is reused).
+      n_prompts, n_demos, d_in: ``B``, ``N``, ``d``.
+      noise_std: label noise ``σ ≥ 0``.
+      sparsity: ``k`` non-zero coordinates of ``w`` (``1 ≤ k ≤ d``), or ``None`` for dense.
+      cov_sqrt: ``(d, d)`` matrix ``Σ^{1/2}`` for anisotropic inputs, or ``None`` for ``I``.
+    """
+    for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(noise_std, (int, float)) and not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
+    if sparsity is not None and not (1 <= sparsity <= d_in):
+        raise ValueError(f"sparsity must be None or an integer in 1..d_in={d_in}, got {sparsity!r}")
+    if cov_sqrt is not None and tuple(np.shape(cov_sqrt)) != (d_in, d_in):
+        raise ValueError(f"cov_sqrt must have shape ({d_in}, {d_in}), got {np.shape(cov_sqrt)}")
+    k_w, k_x, k_noise, k_support = jax.random.split(key, 4)
+    w = jax.random.normal(k_w, (n_prompts, d_in), dtype)
+    if sparsity is not None:
+        # k coordinates uniformly at random: the k smallest of d i.i.d. uniforms.
+        u = jax.random.uniform(k_support, (n_prompts, d_in))
+        ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
+        w = jnp.where(ranks < sparsity, w, 0.0)
+    X = jax.random.normal(k_x, (n_prompts, n_demos + 1, d_in), dtype)
+    if cov_sqrt is not None:
+        X = einsum("bnj,ij->bni", X, jnp.asarray(cov_sqrt, dtype))
+    y = einsum("bnd,bd->bn", X, w) + noise_std * jax.random.normal(k_noise, (n_prompts, n_demos + 1), dtype)
+    H = jax.vmap(tokens_from_xy)(X, y)
+    return RegressionBatch(H=H, y_query=y[:, -1], w=w)
+
+
+def random_prompts(
+    key: jax.Array, n_prompts: int, n_demos: int, d_in: int, d_out: int = 1, dtype=jnp.float32
+) -> jax.Array:
+    """``(B, D, N+1)`` prompts of i.i.d. ``N(0, 1)`` tokens, ``D = d_in + d_out``, query labels 0.
+
+    Generic inputs for the identities of Theorem 1, which hold for any prompt.
+    """
+    for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in), ("d_out", d_out)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    H = jax.random.normal(key, (n_prompts, d_in + d_out, n_demos + 1), dtype)
+    return H.at[:, d_in:, -1].set(0.0)
+
+
+def load_prompts(path, dtype=None) -> jax.Array:
+    """Read an npz with array ``H`` of shape ``(B, D, N+1)`` (query last); validate it."""
+    arrays = load_npz(path, required=("H",))
+    try:
+        H = require_float_array("H", arrays["H"], ndim=3)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{path}: {e}") from None
+    B, D, T = H.shape
+    if B < 1 or D < 2 or T < 2:
+        raise ValueError(f"{path}: H must have shape (B, D, N+1) with B >= 1, D >= 2, N >= 1; got {H.shape}")
+    return jnp.asarray(H, dtype=dtype)
