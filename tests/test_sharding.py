@@ -42,22 +42,29 @@ def test_sharded_theorem1_sweep_equals_unsharded():
         params = init_params(jax.random.key(0), 4, 6, 0.2, jnp.float64)
         from lintrans.tasks import random_prompts
         H = random_prompts(jax.random.key(1), 32, 12, 5, dtype=jnp.float64)
+        from lintrans.trajectory import trajectory
+        from lintrans.numerics import rel_err
         f = jax.jit(jax.vmap(lambda h: check_theorem1(params, h)))
-        ref = f(H)
-        sharded = f(shard_batch(H, mesh))
+        g = jax.jit(jax.vmap(lambda h: trajectory(params, h)))
+        ref, sharded = f(H), f(shard_batch(H, mesh))
+        traj_ref, traj_sharded = g(H), g(shard_batch(H, mesh))
         print(json.dumps({
             "n_devices": len(jax.devices()),
             "spec": list(sharded.T1.sharding.spec),
             "n_shards": len(sharded.T1.addressable_shards),
-            "max_abs_diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(ref, sharded)),
+            "traj_rel_err": max(float(rel_err(a, b)) for a, b in zip(traj_ref, traj_sharded)),
+            "t1_sharded_max": float(jnp.max(sharded.T1)),
+            "same_nonfinite": bool(jnp.all(ref.nonfinite_layer == sharded.nonfinite_layer)),
         }))
         """
     )
     assert out["n_devices"] == 4
     assert out["n_shards"] == 4
     assert out["spec"] == ["data"], "prompts axis must be split over the data axis"
-    # Same per-prompt arithmetic on each shard: equal bit for bit (atol 0).
-    assert out["max_abs_diff"] == 0.0, "sharded Theorem 1 sweep != unsharded (atol 0)"
+    # XLA may vectorise a 32- and an 8-prompt batch differently, so equality is to rounding.
+    assert out["traj_rel_err"] <= 1e-12, "sharded trajectory (delta_w, G, W, states) != unsharded, rtol 1e-12"
+    assert out["t1_sharded_max"] <= 1e-12, "T1 on the sharded batch, rtol 1e-12"
+    assert out["same_nonfinite"]
 
 
 def test_single_device_mesh_and_errors():
