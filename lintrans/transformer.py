@@ -32,6 +32,7 @@ matrices the pruning code clips (attention ``w_k, w_q, w_v, w_o``; MLP ``w_in, w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -179,6 +180,12 @@ def init_softmax(key: jax.Array, config: SoftmaxConfig, dtype=jnp.float32) -> So
     """
     if not isinstance(config, SoftmaxConfig):
         raise TypeError(f"config must be a SoftmaxConfig, got {type(config).__name__}")
+    return _init_softmax(key, config, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_softmax(key, config, dtype):
+    # One compiled program: eager sampling would compile a Threefry kernel per field shape.
     shapes = param_shapes(config)
     resid_std = INIT_STD / np.sqrt(2 * config.n_layers)
     gaussian = {"read_in_w": INIT_STD, "pos_emb": INIT_STD, "read_out_w": INIT_STD,

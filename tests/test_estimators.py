@@ -204,7 +204,7 @@ def test_zero_estimator_error_is_one():
     B, d = 4096, 4  # the shape of tests/test_tasks.py, so eager JAX reuses its compiled ops
     batch = sample_linear(jax.random.PRNGKey(5), B, 15, d, dtype=F64)  # through the library sampler
     ci = E.mean_ci95(E.icl_error(E.predict_batch("zero", batch.H), batch.y_query, d))
-    # E y_q²/d = 1; SE = √(2 + 6/d)/√B ≈ 0.024 (y_q² = ‖w‖²z², E = d, E y⁴ = 3(d² + 2d)). 4 SE.
+    # E y_q²/d = 1; SE = √(2 + 6/d)/√B ≈ 0.029 (y_q² = ‖w‖²z², E = d, E y⁴ = 3(d² + 2d)). 4 SE.
     assert abs(ci.mean - 1.0) <= 4 * ci.half_width / 1.96, f"zero estimator: mean error {ci.mean:.4f} ≈ 1 (4 SE, B={B})"
 
 
