@@ -261,5 +261,8 @@ def test_tune_gd_eta():
     assert two.val_error < one.val_error, "two tuned steps beat one"
     recomputed = float(E.gd_validation_error(two.eta, batch.H, batch.y_query, 2))
     assert recomputed == pytest.approx(two.val_error, rel=1e-12), "val_error is the error at the returned η"
+    assert not one.at_edge and not two.at_edge
+    low = E.tune_gd_eta(key, 1, N, d, n_prompts=B, n_grid=24, n_golden=25, eta_range=(1e-4, 1e-3))
+    assert low.at_edge and low.eta == pytest.approx(1e-3), "optimum above the range: reported at its edge"
     with pytest.raises(ValueError, match="eta_range"):
         E.tune_gd_eta(key, 1, N, d, eta_range=(0.1, 0.01))
