@@ -74,6 +74,10 @@ def load_npz(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    # np.load would read a bare .npy as an array and call any other file "pickled (object) data":
+    # only a zip archive is an npz.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable npz file (not a zip archive; truncated or another format)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}

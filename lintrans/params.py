@@ -61,7 +61,8 @@ def init_params(
     if not (isinstance(init_scale, (int, float)) and np.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     k_k, k_q, k_v = jax.random.split(key, 3)
-    std = init_scale / np.sqrt(dim)
+    # a Python float is weakly typed: an np.float64 here would promote float32 weights to float64 under x64
+    std = float(init_scale) / float(np.sqrt(dim))
     shape = (n_layers, dim, dim)
     return LinearAttentionParams(
         w_k=std * jax.random.normal(k_k, shape, dtype),
