@@ -201,25 +201,30 @@ def _prefix(params: LinearAttentionParams, L: int, dtype) -> LinearAttentionPara
 # computation
 
 
-@partial(jax.jit, static_argnames=("mask", "scale", "readout"))
-def evaluate(params: LinearAttentionParams, H: jax.Array, *, mask: str, scale: str, readout: int):
-    """One jitted call per (depth, dtype): T1–T5 on every prompt, plus the predictions.
-
-    Returns ``(report, y_fast, y_tokens, max_abs_state)``: the vmapped
-    :class:`lintrans.checks.Theorem1Report` (arrays ``(B, L)``), the query predictions of the
-    fast path :func:`predict` and of the reference :func:`predict_tokens` (``(B,)`` each), and
-    ``max_t,j |H^t|`` per prompt (``(B,)``, NaN if a state is non-finite).
-    """
-
+@partial(jax.jit, static_argnames=("mask", "scale"))
+def _evaluate(params: LinearAttentionParams, H: jax.Array, *, mask: str, scale: str):
     def one(h):
         report = check_theorem1(params, h, mask=mask, scale=scale)
-        y_fast = predict(params, h, mask=mask, scale=scale, readout=readout)
-        y_tok = predict_tokens(params, h, mask=mask, scale=scale, readout=readout)
+        y_fast = predict(params, h, mask=mask, scale=scale)
+        y_tok = predict_tokens(params, h, mask=mask, scale=scale)
         states = trajectory(params, h, mask=mask, scale=scale).states
         big = jnp.where(jnp.all(jnp.isfinite(states)), jnp.max(jnp.abs(states)), jnp.nan)
         return report, y_fast, y_tok, big
 
     return jax.vmap(one)(H)
+
+
+def evaluate(params: LinearAttentionParams, H: jax.Array, *, mask: str, scale: str, readout: int):
+    """One jitted call per (depth, dtype): T1–T5 on every prompt, plus the predictions.
+
+    Returns ``(report, y_fast, y_tokens, max_abs_state)``: the vmapped
+    :class:`lintrans.checks.Theorem1Report` (arrays ``(B, L)``), the query predictions of the
+    fast path :func:`predict` and of the reference :func:`predict_tokens` (``(B,)`` each, readout
+    sign applied), and ``max_t,j |H^t|`` per prompt (``(B,)``, NaN if a state is non-finite).
+    The sign is applied outside the jitted call, so ``--readout`` never recompiles.
+    """
+    report, y_fast, y_tok, big = _evaluate(params, H, mask=mask, scale=scale)
+    return report, readout * y_fast, readout * y_tok, big
 
 
 @partial(jax.jit, static_argnames=("mask", "scale"))
