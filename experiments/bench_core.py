@@ -55,7 +55,7 @@ class CoreSizes:
 MAX_SECONDS = 30.0
 
 FULL = CoreSizes()
-SMALL = CoreSizes(d_in=4, n_demos=(8, 32), n_layers=3, batch=64, naive_chunk=32)  # CI smoke
+SMALL = CoreSizes(d_in=4, n_demos=(8,), n_layers=2, batch=32, naive_chunk=16)  # CI smoke: compile-bound
 
 
 def _init_scale(n_demos: int) -> float:

@@ -1,0 +1,86 @@
+"""experiments/benchmark.py --small: every registered section runs at tiny sizes, the results file
+has provenance and a row per measurement, and the implementations it compares agree."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lintrans.attention import forward_states, predict
+from lintrans.params import init_params
+from lintrans.tasks import random_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_small_run_writes_results(bench, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.main(["--small", "--repeats", "2", "--quiet", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "[core]" in out
+    doc = json.loads(path.read_text())
+    assert doc["provenance"]["git_revision"] and doc["config"]["small"] is True
+    res = doc["results"]
+    assert res["reference_matmul"]["gflop_per_s"] > 0
+    assert set(res["sections"]) == set(bench.SECTIONS)
+    core = res["sections"]["core"]
+    impls = {"predict", "predict_tokens", "trajectory", "naive", "naive_states"}
+    for N in core["sizes"]["n_demos"]:
+        rows = [r for r in core["rows"] if r["N"] == N]
+        assert {r["impl"] for r in rows} == impls
+        for r in rows:
+            assert r["prompts_per_s"] > 0 and r["median_s"] > 0
+            assert r["recompiled"] is False, f"{r['impl']} recompiled inside the timed loop"
+            assert r["timing"]["repeats"] == 2
+    for a in core["agreement"]:
+        # float32 end to end: the fast path, the ΔW form and the attention matrix give one function
+        assert a["all_finite"]
+        assert a["predict_vs_naive_rel_err"] < 1e-4 and a["predict_tokens_vs_naive_rel_err"] < 1e-4
+
+
+def test_naive_reference_matches_library_float64(bench):
+    """The benchmark's naive attention-matrix forward is the same map as the library's (float64)."""
+    bench_core = sys.modules["bench_core"]  # registered by benchmark.py's loader
+    params = init_params(jax.random.PRNGKey(0), 3, 4, 0.4, jnp.float64)
+    H = random_prompts(jax.random.PRNGKey(1), 1, 6, 3, 1, jnp.float64)[0]
+    ref, y_ref, lib, y_lib = jax.jit(
+        lambda p, h: (bench_core.naive_states(p, h), bench_core.naive_predict(p, h), forward_states(p, h), predict(p, h))
+    )(params, H)
+    assert float(jnp.linalg.norm(ref - lib) / jnp.linalg.norm(lib)) <= 1e-13, "naive vs ΔW-form states: rtol 1e-13"
+    assert abs(float(y_ref) - float(y_lib)) <= 1e-13 * float(jnp.linalg.norm(lib[-1, :, -1])), "naive vs fast ŷ"
+
+
+def test_time_jitted_contract(bench):
+    util = bench.bench_util
+    fn = jax.jit(lambda x: x * 2.0)
+    t = util.time_jitted(fn, jnp.ones(3), repeats=3, number=2)
+    assert t.repeats == 3 and t.number == 2 and len(t.times_s) == 3
+    assert t.min_s <= t.median_s <= t.max_s and t.recompiled is False
+    for bad in ({"repeats": 0}, {"number": -1}, {"warmup": 0}, {"repeats": 1.5}):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            util.time_jitted(fn, jnp.ones(3), **bad)
+    with pytest.raises(ValueError, match="max_seconds"):
+        util.time_jitted(fn, jnp.ones(3), max_seconds=0)
+    # a budget stops the repeats early, but never below three
+    t = util.time_jitted(fn, jnp.ones(3), repeats=50, max_seconds=1e-9)
+    assert t.repeats == 3 and len(t.times_s) == 3
+
+
+@pytest.mark.parametrize("argv,match", [(["--only", "nope"], "unknown section"), (["--repeats", "0"], "repeats")])
+def test_bad_flags(bench, argv, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        bench.main([*argv, "--json", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
