@@ -63,7 +63,8 @@ def default_init_scale(scale: str, n_demos: int) -> float:
 
     ``‖ΔW_t‖_F ≈ s · N · c³ · √D`` for i.i.d. weights of std ``c/√D`` and N(0, 1) tokens (the Gram
     matrix is ≈ N·I and a product of three such matrices has Frobenius norm ≈ c³√D). Holding it
-    near 0.03 keeps ``‖I + ΔW_t‖ ≤ 1.03`` per layer, so states grow by at most ~1.6× over 16 layers.
+    near 0.03 keeps ``‖I + ΔW_t‖_2 ≲ 1.04`` per layer, so states grow by at most ~1.9× over 16 layers
+    (measured at the defaults: they do not grow at all; see ``--help``).
     With ``s = 1`` that needs ``c ∝ N^{-1/3}``: ``c = 0.05 · (40/N)^{1/3}`` (0.05 at N = 40).
     With ``s = 1/N`` the size does not depend on N: ``c = 0.1``.
     """
@@ -562,10 +563,11 @@ defaults and why:
   N(0,1) tokens, ‖ΔW_t‖_F ≈ s·N·c³·√D (the Gram matrix H_s H_s^T ≈ N·I; a product of three such
   weight matrices has Frobenius norm ≈ c³√D). Holding it near 0.03 keeps ‖I + ΔW_t‖ ≲ 1.03 per
   layer. Hence: s = 1 → c = 0.05·(40/N)^(1/3) (safe scale shrinks like N^(-1/3)); s = 1/N → c = 0.1.
-  Measured at d_in = 20, N = 40, s = 1, c = 0.05: median ‖ΔW_t‖_F ≈ 0.03 at every layer and
-  max |h| = 4.7 at L = 16 (the inputs' own max), against 1e77 at L = 8 and NaN beyond for c = 1
-  (std 1/√D, the overflow block: ΔW_t is cubic in the weights and quadratic in the states, so the
-  growth is doubly exponential).
+  Measured (defaults, seed 0, 256 prompts): median ‖ΔW_t‖_F between 0.025 and 0.036 in every layer
+  (largest spectral norm 0.039), so max |h| stays 4.36 — the inputs' own max — at every depth to
+  L = 16. At c = 1 (std 1/√D, the overflow block) max |h| is 360 after layer 1, 2e8 after layer 2,
+  1e78 after layer 4, and every prompt overflows in layer 6 (float64) / layer 4 (float32): ΔW_t is
+  cubic in the weights and quadratic in the states, so the growth is doubly exponential.
 
 depths and dtypes:
   The L-layer model is the first L layers of one deep draw (max --layers layers, or the --params
