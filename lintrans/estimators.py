@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans.constructions import gd_loop
-from lintrans.numerics import einsum, mm
+from lintrans.numerics import mm
 from lintrans.tasks import sample_linear, split_prompt
 
 __all__ = [

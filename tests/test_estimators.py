@@ -264,5 +264,7 @@ def test_tune_gd_eta():
     assert not one.at_edge and not two.at_edge
     low = E.tune_gd_eta(key, 1, N, d, n_prompts=B, n_grid=24, n_golden=25, eta_range=(1e-4, 1e-3))
     assert low.at_edge and low.eta == pytest.approx(1e-3), "optimum above the range: reported at its edge"
+    with pytest.raises(ValueError, match="diverged at every rate"):
+        E.tune_gd_eta(key, 1, N, d, n_prompts=B, n_grid=24, n_golden=25, eta_range=(1e200, 1e201))
     with pytest.raises(ValueError, match="eta_range"):
         E.tune_gd_eta(key, 1, N, d, eta_range=(0.1, 0.01))
