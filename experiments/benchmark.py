@@ -59,6 +59,8 @@ bench_util = _load("_bench_util")
 #: Registered sections, in run order: name → ``run(config, progress) -> dict``.
 SECTIONS = {
     "core": _load("bench_core").run,
+    "bound": _load("bench_bound").run,
+    "training": _load("bench_training").run,
 }
 
 
