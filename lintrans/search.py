@@ -27,12 +27,13 @@ candidates (its input is not), so it is computed once. The same machinery sweeps
 
 The parameter pytree is generic: any NamedTuple or dataclass pytree whose weight fields are
 stacked ``(L, m, n)`` arrays named as in :data:`GROUPS` (``LinearAttentionParams``,
-the softmax transformer's params).
+the softmax transformer's params); the clipping itself is
+:func:`lintrans.truncation.truncate_params_to_rank` (vmappable in the layer and the ranks; every
+candidate is cut from the weights it is given, i.e. from the original ones).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -41,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintrans.pruning import PAPER_RATES, RANK_RULES, check_rate, condition_number, kept_rank, truncate_to_rank
+from lintrans.pruning import PAPER_RATES, RANK_RULES, check_rate, condition_number, kept_rank
+from lintrans.truncation import TARGETS, target_fields, truncate_params_to_rank
 
 __all__ = [
     "GROUPS",
@@ -54,21 +56,14 @@ __all__ = [
     "select_layer",
     "choose_rate",
     "group_ranks",
-    "clip_layer",
     "candidate_errors",
     "sweep_errors",
     "clip_search",
 ]
 
-#: Module groups → the parameter fields they clip together with one ``ξ`` (SPEC §6).
-GROUPS: dict[str, tuple[str, ...]] = {
-    "K": ("w_k",),
-    "Q": ("w_q",),
-    "V": ("w_v",),
-    "O": ("w_o",),
-    "attn": ("w_k", "w_q", "w_v"),
-    "mlp": ("w_in", "w_out"),
-}
+#: Module groups → the parameter fields they clip together with one ``ξ`` (SPEC §6); the
+#: targets of :mod:`lintrans.truncation`.
+GROUPS: dict[str, tuple[str, ...]] = TARGETS
 
 #: A per-prompt error: ``score_fn(params, H (D, N+1), y_query ()) -> scalar``, lower is better.
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -77,50 +72,19 @@ ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 # ----------------------------------------------------------------------------- validation
 
 
-def _param_field_names(params) -> tuple[str, ...]:
-    if hasattr(params, "_fields"):
-        return tuple(params._fields)
-    if dataclasses.is_dataclass(params):
-        return tuple(f.name for f in dataclasses.fields(params))
-    raise TypeError(f"params must be a NamedTuple or dataclass pytree of stacked weights, got {type(params).__name__}")
-
-
-def _replace(params, **fields):
-    if hasattr(params, "_replace"):
-        return params._replace(**fields)
-    if hasattr(params, "replace"):  # flax.struct.dataclass
-        return params.replace(**fields)
-    return dataclasses.replace(params, **fields)
-
-
 def group_fields(params, group: str) -> tuple[str, ...]:
     """The field names of ``params`` that ``group`` clips; ``ValueError`` naming what is allowed.
 
     The group must be known (:data:`GROUPS`) and every one of its fields must be a stacked
     ``(L, m, n)`` array of ``params`` with one ``L`` (e.g. ``mlp`` on the linear-attention stack,
-    which has no MLP, is refused).
+    which has no MLP, is refused). Checked by :func:`lintrans.truncation.target_fields`.
     """
     if not isinstance(group, str) or group not in GROUPS:
         raise ValueError(f"group must be one of {sorted(GROUPS)}, got {group!r}")
-    names = _param_field_names(params)
-    fields = GROUPS[group]
-    missing = [f for f in fields if f not in names]
-    if missing:
-        raise ValueError(
-            f"group {group!r} needs field(s) {missing}, which {type(params).__name__} does not have "
-            f"(its fields: {list(names)})"
-        )
-    layers = set()
-    for f in fields:
-        a = getattr(params, f)
-        if getattr(a, "ndim", None) != 3:
-            raise ValueError(f"params.{f} must be a stacked (L, m, n) array, got shape {np.shape(a)}")
-        if not jnp.issubdtype(a.dtype, jnp.floating):
-            raise TypeError(f"params.{f} must be floating point, got dtype {a.dtype}")
-        layers.add(a.shape[0])
-    if len(layers) != 1:
-        raise ValueError(f"the fields of group {group!r} disagree on the number of layers: {sorted(layers)}")
-    return fields
+    try:
+        return target_fields(params, group)
+    except ValueError as e:
+        raise ValueError(f"group {group!r}: {e}") from None
 
 
 def check_rates(rates: Sequence[float]) -> tuple[float, ...]:
@@ -242,22 +206,6 @@ def group_ranks(params, fields: Sequence[str], rates: Sequence[float], rule: str
     ).reshape(len(rates), len(fields))
 
 
-def clip_layer(params, fields: Sequence[str], layer_index, ranks):
-    """A copy of ``params`` with layer ``layer_index`` (0-based) of each field cut to its rank.
-
-    ``ranks``: ``(n_fields,)``; ``layer_index`` and ``ranks`` may be traced, so candidates and
-    layers can be vmapped. A rank ≥ ``min(m, n)`` leaves the matrix bit for bit; every other layer
-    and field is the original array. The input is never modified (JAX arrays are immutable), so
-    every candidate is cut from the original weights.
-    """
-    new = {}
-    for j, f in enumerate(fields):
-        stacked = getattr(params, f)
-        cut = truncate_to_rank(stacked[layer_index], ranks[j])
-        new[f] = stacked.at[layer_index].set(cut)
-    return _replace(params, **new)
-
-
 def _prompt_errors(score_fn, params, H, y, chunk):
     return jax.lax.map(lambda hy: score_fn(params, hy[0], hy[1]), (H, y), batch_size=min(chunk, H.shape[0]))
 
@@ -276,7 +224,7 @@ def candidate_errors(params, score_fn: ScoreFn, fields: tuple[str, ...], layer_i
       H, y: ``(B, D, N+1)`` prompts and ``(B,)`` query labels.
       chunk: prompts evaluated at once (vmapped inside, ``lax.map`` across chunks) to bound memory.
     """
-    return jax.vmap(lambda r: _prompt_errors(score_fn, clip_layer(params, fields, layer_index, r), H, y, chunk))(ranks)
+    return jax.vmap(lambda r: _prompt_errors(score_fn, truncate_params_to_rank(params, layer_index, fields, r), H, y, chunk))(ranks)
 
 
 @partial(jax.jit, static_argnames=("score_fn", "fields", "chunk"))
@@ -428,7 +376,7 @@ def clip_search(
     before, after = test_err[inverse[0]], test_err[inverse[1 + index]]
     (tb, ta), (tb_se, ta_se) = _mean_se(np.stack([before, after]))
     delta, delta_se = _mean_se(after - before)
-    clipped = clip_layer(params, fields, layer - 1, jnp.asarray(ranks[index]))
+    clipped = truncate_params_to_rank(params, layer - 1, fields, jnp.asarray(ranks[index]))
     return ClipSearchResult(
         group=group,
         fields=tuple(fields),

@@ -1,11 +1,9 @@
 """Algorithm 1 (SPEC §8): layer selection, rate choice, clipping from the original weights, sweeps,
-bad inputs, and smoke runs of the two scripts built on it."""
+bad inputs; and the Student-t intervals over seeds (lintrans.seedstats)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,6 @@ from lintrans.search import (
     candidate_errors,
     check_rates,
     choose_rate,
-    clip_layer,
     clip_search,
     group_condition_numbers,
     group_fields,
@@ -32,7 +29,6 @@ from lintrans.search import (
 )
 from lintrans.tasks import sample_linear
 
-REPO = Path(__file__).resolve().parent.parent
 D_IN, N_DEMOS = 3, 8
 
 
@@ -153,19 +149,6 @@ def test_check_rates_sorts_and_validates():
 # ----------------------------------------------------------------------------- clipping
 
 
-def test_clip_layer_touches_one_layer_and_keeps_full_rank_bitwise():
-    p = small_params()
-    fields = group_fields(p, "attn")
-    clipped = clip_layer(p, fields, 2, jnp.array([2, 1, 3]))
-    for j, f in enumerate(fields):
-        a, b = np.asarray(getattr(p, f)), np.asarray(getattr(clipped, f))
-        assert np.array_equal(np.delete(a, 2, 0), np.delete(b, 2, 0)), f"{f}: other layers bitwise unchanged"
-        want = np.asarray(truncate_to_rank(getattr(p, f)[2], [2, 1, 3][j]))
-        np.testing.assert_allclose(b[2], want, rtol=0, atol=1e-12, err_msg=f"{f}: layer 3 cut to its rank")
-    full = clip_layer(p, fields, 0, jnp.array([4, 4, 4]))
-    assert all(np.array_equal(getattr(full, f), getattr(p, f)) for f in fields), "r = min(m, n): bitwise identity"
-
-
 def test_clip_search_selection_choice_and_report_on_a_hand_case():
     """κ per layer (4, 100, 2, 7), top_k 2 → layers 2, 4 → layer 4. The score is |tr W_K^4 − c|:
     W_K^4 = diag(7, 5, 3, 1) cut to r has trace 16, 15, 12, 7, 0 for r = 4..0, so c = 14.4 makes
@@ -256,7 +239,7 @@ def test_sweep_errors_matches_direct_clipping():
     "kwargs, err, match",
     [
         (dict(group="ffn"), ValueError, "group must be one of"),
-        (dict(group="mlp"), ValueError, "group 'mlp' needs field"),
+        (dict(group="mlp"), ValueError, "group 'mlp'.*needs field"),
         (dict(rates=()), ValueError, "rates"),
         (dict(rates=(0.0, 1.0)), ValueError, "rates"),
         (dict(rates=(0.5, 0.5)), ValueError, "duplicates"),
@@ -277,3 +260,22 @@ def test_clip_search_bad_inputs(kwargs, err, match):
 def test_nan_condition_number_is_reported():
     with pytest.raises(ValueError, match="NaN at layer"):
         select_layer([1.0, np.nan, 2.0], 1)
+
+
+# ----------------------------------------------------------------------------- intervals over seeds
+
+
+def test_t_quantile_known_values_and_seed_interval():
+    from lintrans.seedstats import seed_interval, t_quantile
+
+    # Student-t 97.5 % quantiles from tables (1, 2, 4, 10 degrees of freedom) and the normal limit
+    for dof, want in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (100000, 1.9600)):
+        assert abs(t_quantile(0.975, dof) - want) < 2e-4, f"t_(0.975, {dof})"
+    iv = seed_interval([[1.0, 2.0], [2.0, 3.0], [3.0, 7.0]])
+    np.testing.assert_allclose(iv.mean, [2.0, 4.0], rtol=1e-12)
+    np.testing.assert_allclose(iv.se, [1 / np.sqrt(3), np.std([2, 3, 7], ddof=1) / np.sqrt(3)], rtol=1e-12)
+    np.testing.assert_allclose(iv.half_width, t_quantile(0.975, 2) * iv.se, rtol=1e-12)
+    one = seed_interval([[0.5, 0.7]])
+    assert np.isnan(one.se).all() and one.n == 1, "one seed: no spread estimate, never 0"
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        seed_interval([1.0, np.nan])
