@@ -189,6 +189,7 @@ def _aggregate(summ, stats, rk, d, n_demos):
         rank_max=jnp.max(summ["rank"], axis=0),
         rank_mean=jnp.mean(summ["rank"], axis=0),
         in_support_frac=jnp.mean(summ["in_support"], axis=0),
+        out_of_support=jnp.sum(~summ["in_support"], axis=0),
         smallest_kept_rel=jnp.min(summ["smallest_kept_rel"], axis=0),
         largest_dropped_rel=jnp.max(summ["largest_dropped_rel"], axis=0),
         support_residual_max=jnp.max(stats.support_residual, axis=0),
@@ -280,7 +281,7 @@ class SweepResult(NamedTuple):
             for f in ("printed_ridge", "proof_ridge"):
                 summed[f"{f}@{e:g}"] = float(np.sum(a[f][j]))
                 bounds[f"{f}@{e:g}"] = float(bound_value(a[f][j], self.n_demos))
-        n_out = int(round(float(np.sum((1 - a["in_support_frac"])))))
+        n_out = int(np.sum(a["out_of_support"]))
         out = {k: v for k, v in a.items()}
         out.update(
             summed=summed,
