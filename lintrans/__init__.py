@@ -8,7 +8,14 @@ Modules (one concept each; data flows down this list):
 * :mod:`lintrans.trajectory` — ``ΔW_t``, ``G_t``, ``W_t`` (Theorem 1).
 * :mod:`lintrans.checks` — the identities T1–T6 as relative errors.
 * :mod:`lintrans.constructions` — the gradient-descent construction.
-* :mod:`lintrans.pruning` — SVD truncation by clipping rate, condition numbers.
+* :mod:`lintrans.estimators` — least squares, ridge, GD and the other baselines (SPEC §5).
+* :mod:`lintrans.transformer` — the GPT-2-style softmax transformer on Garg's interleaved tokens.
+* :mod:`lintrans.train`, :mod:`lintrans.checkpoint` — the training loop; atomic checkpoints.
+* :mod:`lintrans.pruning` — SVD truncation of one matrix by clipping rate, condition numbers.
+* :mod:`lintrans.truncation` — truncation of a parameter pytree by layer, target and rate.
+* :mod:`lintrans.bound`, :mod:`lintrans.bound_sweep` — Theorem 2: contributions, C_t, the bound forms.
+* :mod:`lintrans.search` — Algorithm 1, the clipping-rate search.
+* :mod:`lintrans.sharding` — the data-parallel device mesh.
 * :mod:`lintrans.numerics`, :mod:`lintrans.io` — full-precision products, errors, files.
 """
 
