@@ -1,0 +1,773 @@
+"""Training in-context regressors: one jitted, seed-vmapped optimizer step (SPEC §5; issue 3).
+
+Two models behind one loop, chosen by ``TrainConfig.model``:
+
+* ``"linear"``: the stacked linear-attention model of SPEC §2 (:mod:`lintrans.attention`),
+  parameters :class:`~lintrans.params.LinearAttentionParams`. It predicts the query only; the loss
+  is ``(ŷ − y_q)² / d`` averaged over the batch. The fast path (``path="batched"``, the default)
+  is :func:`linear_predict_batch`: one Gram matrix ``S = H_s H_sᵀ`` per prompt, then ``O(D³)`` per
+  layer whatever N is — the recursion of :func:`lintrans.attention.predict` written on the whole
+  batch so that XLA sees large matrix products. ``path="gram"`` vmaps
+  :func:`lintrans.attention.predict`; ``path="tokens"`` runs the token-by-token forward pass
+  :func:`lintrans.attention.predict_tokens`, the straightforward reference the fast one is tested
+  against (loss and gradients, float64, rtol 1e-12). The causal mask always takes the token path.
+* ``"softmax"``: the GPT-2-style transformer of :mod:`lintrans.transformer` on Garg et al.'s
+  interleaved ``x, y`` tokens with a causal mask. Its loss is Garg's: the mean of
+  ``(ŷ_j − y_j)² / d`` over **every** ``x`` position ``j = 0..N`` (position ``j`` has seen ``j``
+  pairs; ``j = N`` is the query), so one model covers every context size ``k = 0..N``.
+
+The step. :func:`make_train_step` returns ONE ``jax.jit``-ed function that, for each of ``S``
+seeds at once (``jax.vmap`` over a leading seed axis of the parameters, the optimizer state and the
+data keys), samples a fresh batch inside the step from ``fold_in(data_key, step)``
+(:func:`lintrans.tasks.sample_linear`), takes ``value_and_grad`` of the loss and applies the optax
+update: Adam, linear warm-up from 0 to ``lr`` over ``warmup_steps`` then cosine decay to
+``lr · final_lr_frac`` at ``steps``, after global-norm gradient clipping at ``clip_norm``. Steps are
+numbered ``1..steps``; the state after step ``t`` is "at step ``t``" (``t`` updates done).
+
+Keys. Seed ``i`` of a run (0-based) has seed value ``seed + i`` and root key
+``PRNGKey(seed + i)``; its init key is ``fold_in(root, 0)`` and its data key ``fold_in(root, 1)``.
+So seed index ``i`` of a run with ``seed = a`` equals a one-seed run with ``seed = a + i``. Test
+and validation prompts come from other branches (``fold_in(PRNGKey(test_seed), 2)`` and ``…, 3``),
+never from a data key.
+
+Variable context size (linear model). The linear model reads only the query, so a curve over the
+number ``k`` of in-context examples needs a model trained over a range of ``k``. With
+``k_min`` set, each prompt draws ``k ~ Uniform{k_min..N}`` and demonstrations ``k+1..N`` are
+zeroed, keeping shapes fixed (nothing recompiles). A zero token contributes exactly nothing to
+``ΔW_t = s Σ_i (W_V h_i)(W_K h_i)ᵀ W_Q`` and stays zero at every layer (both masks: its own update
+is ``ΔW h = 0``), so the query sees exactly the first ``k`` demonstrations. With ``scale="1/N"``
+the scale must be ``1/k``, not ``1/N``: the demonstrations are multiplied by ``c = √(N/k)`` before
+the forward pass, which is exactly ``s = 1/k`` (the query's update is ``s Σ (W_V h_i)(W_K h_i)ᵀ W_Q``,
+quadratic in the demonstrations, and by induction each demonstration's state stays ``c`` times
+its state at ``s = 1/k``). Tested against slicing the prompt to ``k`` demonstrations.
+
+Curriculum (Garg et al.). ``Curriculum(d_start, d_step, n_start, n_step, every)``: at step ``t``
+the active input dimension is ``min(d_in, d_start + d_step·⌊(t−1)/every⌋)`` and the active number of
+demonstrations likewise. Inactive input coordinates are zero (``x = diag(1…1, 0…0) z``, so
+``y = wᵀx`` uses the active ones only; the loss divides by the active ``d``). Inactive
+demonstrations: zeroed for the linear model (true count in the scale, as above); for the softmax
+model the loss is restricted to positions ``j ≤ n_active``, which under the causal mask is exactly
+training on prompts truncated to ``n_active + 1`` points. Shapes stay fixed: one compilation.
+
+NaN guard. Each step reports, per seed, whether the loss and the new weights are finite; the first
+step where either is not is kept on the device and read at every log or checkpoint step. A
+non-finite value stops the run with :class:`TrainingDivergedError` naming the step, the seed and
+the quantity; no checkpoint is written at or after that step, so the last good one stays intact.
+
+Files (:mod:`lintrans.checkpoint`): ``run_dir/config.json``, ``ckpt_<step:08d>.npz`` every
+``checkpoint_every`` steps and at the end, ``metrics.jsonl`` (one JSON object per log step).
+``resume=True`` continues from the latest checkpoint and ends bitwise equal to an uninterrupted run.
+
+Linear-model initialisation: i.i.d. ``N(0, init_std²)`` entries, ``init_std = 0.02`` by default.
+Why: the prediction is cubic per layer in the weights, so small weights start the model near the
+zero estimator with small, well-conditioned gradients, and Adam's normalised steps grow them at a
+controlled rate. ``W_K = W_Q = I`` diverged at ``L = 4`` in a quick trial (issue 3), and the
+``1/√D`` scale overflows within 5–7 layers (SPEC §3). The scale ``s = 1/N`` is the default here:
+it makes ``s·S`` an average, ``O(1)`` whatever ``N`` is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lintrans import attention
+from lintrans.numerics import einsum
+from lintrans.experiment import Progress
+from lintrans.params import LinearAttentionParams, init_params
+from lintrans.tasks import sample_linear
+
+__all__ = [
+    "MODELS",
+    "DTYPES",
+    "PATHS",
+    "Curriculum",
+    "TrainConfig",
+    "config_to_dict",
+    "config_from_dict",
+    "softmax_config",
+    "seed_values",
+    "seed_keys",
+    "test_key",
+    "validation_key",
+    "init_model",
+    "make_optimizer",
+    "learning_rate",
+    "TrainState",
+    "init_state",
+    "Batch",
+    "sample_batch",
+    "linear_query_predict",
+    "linear_predict_batch",
+    "batch_loss",
+    "make_loss",
+    "make_train_step",
+    "TrainingDivergedError",
+    "TrainResult",
+    "train",
+    "predict_query",
+    "predict_positions",
+]
+
+# optax >= 0.2.4 names the global norm optax.tree.norm; older releases optax.global_norm.
+_tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
+MODELS = ("linear", "softmax")
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+#: Forward paths of the linear model: ``"batched"`` (:func:`linear_predict_batch`, the training
+#: default), ``"gram"`` (:func:`lintrans.attention.predict` vmapped) and ``"tokens"`` (the
+#: token-by-token reference :func:`lintrans.attention.predict_tokens`). Same function, tested.
+PATHS = ("batched", "gram", "tokens")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+
+
+def _pos_int(name: str, v, lo: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _finite(name: str, v, lo: float | None = None, strict: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if lo is not None and (v <= lo if strict else v < lo):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {lo}, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s curriculum: input dimension and demonstration count grow in stages.
+
+    At step ``t`` (1-based): ``d = min(d_in, d_start + d_step·⌊(t−1)/every⌋)``,
+    ``n = min(N, n_start + n_step·⌊(t−1)/every⌋)``. Garg et al. (d = 20): ``d_start = 5,
+    d_step = 1, n_start = 10, n_step = 2, every = 2000`` (their "points" are ``n + 1``).
+    """
+
+    d_start: int
+    d_step: int
+    n_start: int
+    n_step: int
+    every: int
+
+    def __post_init__(self):
+        _pos_int("curriculum.d_start", self.d_start)
+        _pos_int("curriculum.d_step", self.d_step, 0)
+        _pos_int("curriculum.n_start", self.n_start)
+        _pos_int("curriculum.n_step", self.n_step, 0)
+        _pos_int("curriculum.every", self.every)
+
+    def active(self, step, d_in: int, n_demos: int):
+        """``(d_active, n_active)`` at ``step`` (works on a traced step)."""
+        stage = (step - 1) // self.every
+        return (jnp.minimum(d_in, self.d_start + self.d_step * stage),
+                jnp.minimum(n_demos, self.n_start + self.n_step * stage))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (stored as ``config.json``).
+
+    Model and task:
+      model: ``"linear"`` or ``"softmax"``.
+      d_in, n_demos, n_layers: ``d``, ``N`` (demonstrations per prompt), ``L``.
+      mask, scale, readout: linear-model options (:mod:`lintrans.attention`).
+      init_std: linear model, std of the i.i.d. Gaussian initial weights.
+      width, n_heads, mlp_width: softmax model (:class:`lintrans.transformer.SoftmaxConfig`).
+      noise_std: label noise ``σ``.
+      k_min: linear model; ``None`` trains at ``k = N`` only, an integer ``1..N`` draws
+        ``k ~ Uniform{k_min..N}`` per prompt (zeroed demonstrations, see the module docstring).
+      curriculum: ``None`` or a :class:`Curriculum`.
+    Optimisation:
+      steps, batch_size, lr, warmup_steps, final_lr_frac, clip_norm: Adam with linear warm-up and
+        cosine decay, global-norm clipping (``clip_norm = 0`` disables it).
+      seed, seeds: seed values ``seed, seed+1, …, seed+seeds−1``, trained together (vmap).
+      dtype: ``"float32"`` or ``"float64"`` (needs ``jax_enable_x64``).
+      checkpoint_every, log_every: in steps.
+    """
+
+    model: str = "linear"
+    d_in: int = 20
+    n_demos: int = 40
+    n_layers: int = 1
+    mask: str = "demos"
+    scale: str = "1/N"  # s·S is an average: O(1) whatever N, which conditions Adam's problem
+    readout: int = 1
+    init_std: float = 0.02  # trains stably at depth (module docstring)
+    width: int = 64
+    n_heads: int = 4
+    mlp_width: int = 256
+    noise_std: float = 0.0
+    k_min: int | None = None
+    curriculum: Curriculum | None = None
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-2
+    warmup_steps: int = 100
+    final_lr_frac: float = 0.0
+    clip_norm: float = 1.0
+    seed: int = 0
+    seeds: int = 1
+    dtype: str = "float32"
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        _pos_int("d_in", self.d_in)
+        _pos_int("n_demos", self.n_demos)
+        _pos_int("n_layers", self.n_layers)
+        attention.check_options(self.mask, self.scale, self.readout)
+        _finite("init_std", self.init_std, 0.0)
+        for name in ("width", "n_heads", "mlp_width"):
+            _pos_int(name, getattr(self, name))
+        _finite("noise_std", self.noise_std, 0.0)
+        if self.k_min is not None:
+            if self.model != "linear":
+                raise ValueError("k_min applies to the linear model; the softmax model's loss covers every k")
+            _pos_int("k_min", self.k_min)
+            if self.k_min > self.n_demos:
+                raise ValueError(f"k_min must be <= n_demos={self.n_demos}, got {self.k_min}")
+        if self.curriculum is not None and not isinstance(self.curriculum, Curriculum):
+            raise TypeError(f"curriculum must be a Curriculum or None, got {type(self.curriculum).__name__}")
+        _pos_int("steps", self.steps)
+        _pos_int("batch_size", self.batch_size)
+        _finite("lr", self.lr, 0.0, strict=True)
+        _pos_int("warmup_steps", self.warmup_steps, 0)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps must be <= steps={self.steps}, got {self.warmup_steps}")
+        _finite("final_lr_frac", self.final_lr_frac, 0.0)
+        _finite("clip_norm", self.clip_norm, 0.0)
+        _pos_int("seed", self.seed, 0)
+        _pos_int("seeds", self.seeds)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        _pos_int("checkpoint_every", self.checkpoint_every)
+        _pos_int("log_every", self.log_every)
+        if self.model == "softmax":
+            softmax_config(self)  # validates width/n_heads
+
+    @property
+    def dim(self) -> int:
+        """``D = d_in + 1``."""
+        return self.d_in + 1
+
+    @property
+    def jnp_dtype(self):
+        return DTYPES[self.dtype]
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The JSON form stored as ``config.json``: every field, plus ``"softmax"`` (the
+    :class:`~lintrans.transformer.SoftmaxConfig` fields, or ``None`` for the linear model) and
+    ``"seed_values"`` (the list of seed values)."""
+    out = dataclasses.asdict(config)
+    out["softmax"] = dataclasses.asdict(softmax_config(config)) if config.model == "softmax" else None
+    out["seed_values"] = seed_values(config)
+    return out
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys or wrong types raise ``ValueError``."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a training config must be a JSON object, got {type(d).__name__}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    extra = set(d) - fields - {"softmax", "seed_values"}
+    if extra:
+        raise ValueError(f"unknown training-config keys {sorted(extra)}")
+    kwargs = {k: v for k, v in d.items() if k in fields}
+    if kwargs.get("curriculum") is not None:
+        cur = kwargs["curriculum"]
+        if not isinstance(cur, dict):
+            raise ValueError(f"curriculum must be an object or null, got {cur!r}")
+        try:
+            kwargs["curriculum"] = Curriculum(**cur)
+        except TypeError as e:
+            raise ValueError(f"bad curriculum {cur!r}: {e}") from None
+    try:
+        return TrainConfig(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad training config: {e}") from None
+
+
+def softmax_config(config: TrainConfig):
+    """The :class:`lintrans.transformer.SoftmaxConfig` of a softmax run (``n_demos_max = N``)."""
+    from lintrans.transformer import SoftmaxConfig
+
+    return SoftmaxConfig(d_in=config.d_in, n_demos_max=config.n_demos, n_layers=config.n_layers,
+                         width=config.width, n_heads=config.n_heads, mlp_width=config.mlp_width)
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys, parameters, optimizer
+# ----------------------------------------------------------------------------------------------
+
+
+def seed_values(config: TrainConfig) -> list[int]:
+    """``[seed, seed+1, …, seed+seeds−1]``."""
+    return [config.seed + i for i in range(config.seeds)]
+
+
+def seed_keys(config: TrainConfig) -> tuple[jax.Array, jax.Array]:
+    """``(init_keys, data_keys)``, each ``(S, 2)`` uint32: ``fold_in(PRNGKey(seed_i), 0 | 1)``."""
+    roots = [jax.random.PRNGKey(s) for s in seed_values(config)]
+    return (jnp.stack([jax.random.fold_in(r, 0) for r in roots]),
+            jnp.stack([jax.random.fold_in(r, 1) for r in roots]))
+
+
+def test_key(test_seed: int) -> jax.Array:
+    """Key of the fixed test set: ``fold_in(PRNGKey(test_seed), 2)`` (disjoint from data keys)."""
+    return jax.random.fold_in(jax.random.PRNGKey(test_seed), 2)
+
+
+def validation_key(test_seed: int) -> jax.Array:
+    """Key of validation prompts (e.g. tuning GD's η): ``fold_in(PRNGKey(test_seed), 3)``."""
+    return jax.random.fold_in(jax.random.PRNGKey(test_seed), 3)
+
+
+def init_model(key: jax.Array, config: TrainConfig):
+    """Initial parameters of ONE seed (no seed axis).
+
+    Linear: every entry ``init_std · z``, ``z ~ N(0, 1)`` i.i.d. (:func:`lintrans.params.init_params`
+    at unit entry std, then scaled). Softmax: :func:`lintrans.transformer.init_softmax` (GPT-2).
+    """
+    if config.model == "linear":
+        return _init_linear(key, config, config.init_std)
+    from lintrans.transformer import init_softmax
+
+    return init_softmax(key, softmax_config(config), config.jnp_dtype)
+
+
+def _init_linear(key, config: TrainConfig, init_std):
+    # init_scale = √D is unit entry std (√D/√D is exactly 1); init_std may be traced, so one
+    # compiled init serves every init_std. The cast: init_params' NumPy float64 factor would
+    # promote float32 weights to float64 under x64.
+    unit = init_params(key, config.n_layers, config.dim, math.sqrt(config.dim), config.jnp_dtype)
+    return jax.tree_util.tree_map(lambda x: (init_std * x).astype(config.jnp_dtype), unit)
+
+
+def learning_rate(config: TrainConfig) -> optax.Schedule:
+    """Linear warm-up ``0 → lr`` over ``warmup_steps``, cosine decay to ``lr·final_lr_frac`` at ``steps``."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.lr, warmup_steps=config.warmup_steps,
+        decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.lr * config.final_lr_frac)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping (unless ``clip_norm = 0``) then Adam on :func:`learning_rate`."""
+    adam = optax.adam(learning_rate(config))
+    if config.clip_norm == 0:
+        return optax.chain(optax.identity(), adam)
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
+
+
+class TrainState(NamedTuple):
+    """Parameters and optimizer state with a leading seed axis ``S``, and the step reached."""
+
+    params: Any
+    opt_state: Any
+    step: int
+
+
+def init_state(config: TrainConfig) -> TrainState:
+    """The state at step 0 for every seed (vmapped init)."""
+    _check_dtype(config)
+    init_keys, _ = seed_keys(config)
+    # The init depends on the shapes only (init_std is a traced argument; Adam's state is zeros).
+    shape_only = TrainConfig(model=config.model, d_in=config.d_in, n_demos=config.n_demos,
+                             n_layers=config.n_layers, width=config.width, n_heads=config.n_heads,
+                             mlp_width=config.mlp_width, dtype=config.dtype)
+    params, opt_state = _cached_init(shape_only)(init_keys, jnp.asarray(config.init_std, config.jnp_dtype))
+    return TrainState(params, opt_state, 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_init(config: TrainConfig) -> Callable:
+    def init(init_keys, init_std):
+        if config.model == "linear":
+            params = jax.vmap(lambda k: _init_linear(k, config, init_std))(init_keys)
+        else:
+            params = jax.vmap(lambda k: init_model(k, config))(init_keys)
+        return params, jax.vmap(make_optimizer(config).init)(params)
+
+    return jax.jit(init)
+
+
+def _check_dtype(config: TrainConfig) -> None:
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches and losses
+# ----------------------------------------------------------------------------------------------
+
+
+class Batch(NamedTuple):
+    """One training batch.
+
+    Attributes:
+      H: ``(B, D, N+1)`` prompts; inactive coordinates / zeroed demonstrations are 0.
+      targets: linear ``(B,)`` query labels; softmax ``(B, N+1)`` labels of every ``x`` position.
+      n_true: ``(B,)`` int, demonstrations each prompt really has (``None``: all N, no zeroing).
+      d_active, n_active: scalars, the curriculum's active dimension and demonstration count.
+    """
+
+    H: jax.Array
+    targets: jax.Array
+    n_true: jax.Array | None
+    d_active: jax.Array
+    n_active: jax.Array
+
+
+def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
+    """Fresh training prompts for one seed from ``key`` (already ``fold_in(data_key, step)``)."""
+    B, N, d = config.batch_size, config.n_demos, config.d_in
+    k_task, k_count = jax.random.split(key)
+    if config.curriculum is not None:
+        d_active, n_active = config.curriculum.active(step, d, N)
+        cov_sqrt = jnp.diag((jnp.arange(d) < d_active).astype(config.jnp_dtype))
+    else:
+        d_active, n_active, cov_sqrt = jnp.asarray(d), jnp.asarray(N), None
+    batch = sample_linear(k_task, B, N, d, noise_std=config.noise_std, cov_sqrt=cov_sqrt, dtype=config.jnp_dtype)
+    H = batch.H
+    if config.model == "softmax":
+        targets = jnp.concatenate([H[:, -1, :N], batch.y_query[:, None]], axis=1)
+        return Batch(H, targets, None, d_active, n_active)
+    n_true = None
+    if config.k_min is not None:
+        n_true = jax.random.randint(k_count, (B,), config.k_min, n_active + 1)
+    elif config.curriculum is not None:
+        n_true = jnp.broadcast_to(n_active, (B,))
+    if n_true is not None:
+        keep = jnp.arange(N + 1)[None, :] < n_true[:, None]
+        keep = keep.at[:, N].set(True)  # the query column
+        H = H * keep[:, None, :].astype(H.dtype)
+    return Batch(H, batch.y_query, n_true, d_active, n_active)
+
+
+def linear_query_predict(params: LinearAttentionParams, H: jax.Array, n_true, *, mask: str, scale: str,
+                         readout: int, path: str = "gram") -> jax.Array:
+    """Query prediction of ONE prompt ``H (D, N+1)`` whose demonstrations after ``n_true`` are zero.
+
+    ``n_true = None``: all ``N`` are real. With ``scale="1/N"`` and ``n_true = k`` the demonstrations
+    are scaled by ``√(N/k)``, which equals ``s = 1/k`` exactly (module docstring). ``path="tokens"``:
+    :func:`lintrans.attention.predict_tokens`; otherwise :func:`lintrans.attention.predict`.
+    """
+    N = H.shape[1] - 1
+    if n_true is not None and scale == "1/N":
+        c = jnp.sqrt(N / n_true.astype(H.dtype))
+        H = H.at[:, :N].multiply(c)
+    fn = attention.predict_tokens if path == "tokens" else attention.predict
+    return fn(params, H, mask=mask, scale=scale, readout=readout)
+
+
+def linear_predict_batch(params: LinearAttentionParams, H: jax.Array, n_true=None, *, scale: str,
+                         readout: int) -> jax.Array:
+    """Query predictions of a whole batch, ``mask="demos"``: the T4 recursion on the demonstrations' Gram.
+
+    Under the ``demos`` mask every token moves by the same ``I + ΔW_t`` (SPEC §3, T3), so the
+    demonstration states' Gram matrix ``M_t = s H_s^t (H_s^t)ᵀ`` (``D × D``, the scale folded in)
+    and the query state ``q_t = h^t_{N+1}`` carry everything::
+
+        M_0 = s S = s H_s H_sᵀ,   q_0 = h_{N+1}
+        ΔW_t = W_V^t M_{t-1} (W_K^tᵀ W_Q^t)                       (paper Eq. 3 / T4)
+        q_t  = q_{t-1} + ΔW_t q_{t-1}
+        M_t  = (I + ΔW_t) M_{t-1} (I + ΔW_t)ᵀ = M + P + Pᵀ + P ΔW_tᵀ,   P = ΔW_t M_{t-1}
+        ŷ    = ρ · q_L[D-1]
+
+    Symbols → code: ``S`` → ``gram``, ``M_t`` → ``M``, ``W_K^tᵀ W_Q^t`` → ``kq``, ``ρ`` → ``readout``;
+    ``s = 1``, ``1/N`` or, with ``n_true = k`` (zeroed demonstrations), ``1/k`` per prompt.
+    Why not ``vmap(attention.predict)``: the same recursion, but written on the batch so that the
+    products with a layer's weights (``W_V M``, ``(W_V M) kq``) are single large matrix products
+    and only two ``D × D`` products per prompt and layer (``P``, ``P ΔWᵀ``) are batched, none in the
+    last layer, where only the label row ``e_yᵀ ΔW_L = (e_yᵀ W_V^L) M_{L-1} kq`` is needed;
+    measured about 3× faster for value-and-grad than ``vmap(attention.predict)`` at
+    ``L = 4, D = 21, B = 256`` on a CPU. Equal to
+    :func:`lintrans.attention.predict` and :func:`~lintrans.attention.predict_tokens` up to rounding
+    (tested in float64 at 1e-12).
+
+    Args:
+      params: ``L`` layers, arrays ``(L, D, D)``.
+      H: ``(B, D, N+1)`` prompts, query last.
+      n_true: ``None`` or ``(B,)`` demonstrations really present (the rest zero).
+      scale, readout: the model's options.
+
+    Returns:
+      ``(B,)`` predictions.
+    """
+    N = H.shape[2] - 1
+    H_s = H[:, :, :N]
+    if scale == "1":
+        s = jnp.ones((H.shape[0],), H.dtype)
+    elif n_true is None:
+        s = jnp.full((H.shape[0],), 1.0 / N, H.dtype)
+    else:
+        s = 1.0 / n_true.astype(H.dtype)
+    M = einsum("bdn,ben->bde", H_s, H_s) * s[:, None, None]
+    kq = einsum("lji,ljk->lik", params.w_k, params.w_q)  # W_K^tᵀ W_Q^t, all layers
+
+    def layer(carry, weights):
+        M, q = carry
+        kq_t, w_v = weights
+        dw = einsum("bik,kl->bil", einsum("ij,bjk->bik", w_v, M), kq_t)
+        q = q + einsum("bij,bj->bi", dw, q)
+        P = einsum("bij,bjk->bik", dw, M)
+        M = M + P + jnp.swapaxes(P, 1, 2) + einsum("bij,bkj->bik", P, dw)
+        return (M, q), None
+
+    (M, q), _ = jax.lax.scan(layer, (M, H[:, :, N]), (kq[:-1], params.w_v[:-1]))
+    # Last layer: only the label row of ΔW_L is read, e_yᵀΔW_L = (e_yᵀW_V) M kq, so no D×D
+    # product per prompt is needed.
+    row = einsum("bk,kl->bl", einsum("j,bjk->bk", params.w_v[-1, -1], M), kq[-1])
+    return readout * (q[:, -1] + jnp.sum(row * q, axis=1))
+
+
+def batch_loss(config: TrainConfig, params, batch: Batch, path: str = "batched") -> jax.Array:
+    """Mean ICL error ``(ŷ − y)²/d_active`` of one seed's parameters on ``batch`` (the training loss)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if config.model == "linear":
+        n_true = batch.n_true
+        if path == "batched" and config.mask == "demos":
+            y_hat = linear_predict_batch(params, batch.H, n_true, scale=config.scale, readout=config.readout)
+            return jnp.mean((y_hat - batch.targets) ** 2) / batch.d_active
+
+        def one(h, k):
+            return linear_query_predict(params, h, k, mask=config.mask, scale=config.scale,
+                                        readout=config.readout, path=path)
+
+        y_hat = jax.vmap(one)(batch.H, n_true) if n_true is not None else jax.vmap(lambda h: one(h, None))(batch.H)
+        err = (y_hat - batch.targets) ** 2
+        return jnp.mean(err) / batch.d_active
+    from lintrans.transformer import softmax_predict_all
+
+    scfg = softmax_config(config)
+    preds = jax.vmap(lambda h: softmax_predict_all(params, h, scfg))(batch.H)  # (B, N+1)
+    weight = (jnp.arange(config.n_demos + 1) <= batch.n_active).astype(preds.dtype)
+    err = (preds - batch.targets) ** 2
+    return jnp.sum(err * weight[None, :]) / (jnp.sum(weight) * preds.shape[0]) / batch.d_active
+
+
+def make_loss(config: TrainConfig, path: str = "batched") -> Callable:
+    """``loss(params, data_key, step)`` for ONE seed: sample ``fold_in(data_key, step)``, score."""
+
+    def loss(params, data_key, step):
+        return batch_loss(config, params, sample_batch(config, jax.random.fold_in(data_key, step), step), path)
+
+    return loss
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def make_train_step(config: TrainConfig, path: str = "batched") -> Callable:
+    """ONE jitted step for all seeds (cached: configs that differ only in seeds or file cadence share it).
+
+    ``step_fn(params, opt_state, data_keys, step, bad) -> (params, opt_state, loss, grad_norm, bad)``:
+    ``params``/``opt_state`` carry the seed axis ``S``; ``data_keys (S, 2)``; ``step`` the 1-based
+    step number (an int32 array, so no recompilation); ``bad (S, 2)`` int32, the first step at which
+    ``[loss, weights]`` were non-finite (``-1``: never), updated here. ``loss, grad_norm (S,)``.
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    # The step depends on neither the seed values (they enter through data_keys) nor the seed
+    # count (a shape, retraced by jit) nor the file cadence.
+    return _cached_train_step(dataclasses.replace(config, seed=0, seeds=1, checkpoint_every=1, log_every=1), path)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_train_step(config: TrainConfig, path: str) -> Callable:
+    optimizer = make_optimizer(config)
+    loss_fn = make_loss(config, path)
+
+    def one_seed(params, opt_state, data_key, step):
+        loss, grads = jax.value_and_grad(loss_fn)(params, data_key, step)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        finite = jnp.stack([jnp.isfinite(loss), _all_finite(params)])
+        return params, opt_state, loss, _tree_norm(grads), finite
+
+    def step_fn(params, opt_state, data_keys, step, bad):
+        params, opt_state, loss, gnorm, finite = jax.vmap(one_seed, in_axes=(0, 0, 0, None))(
+            params, opt_state, data_keys, step)
+        bad = jnp.where((bad < 0) & ~finite, step, bad)
+        return params, opt_state, loss, gnorm, bad
+
+    return jax.jit(step_fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss or weight appeared; the message names the step, seed and quantity."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns: the final state (seed axis) and where it was written."""
+
+    state: TrainState
+    config: TrainConfig
+    run_dir: Path | None
+    resumed_from: int
+
+
+def _raise_if_bad(bad: np.ndarray, config: TrainConfig, last_ckpt: int | None, run_dir) -> None:
+    if not (bad >= 0).any():
+        return
+    bad = bad.astype(np.int64)
+    steps = np.where(bad >= 0, bad, np.iinfo(np.int64).max)
+    seed_idx, what = np.unravel_index(np.argmin(steps), steps.shape)
+    step = int(steps[seed_idx, what])
+    quantity = "loss" if what == 0 else "weights"
+    where = (f"last good checkpoint: step {last_ckpt} in {run_dir}" if last_ckpt is not None
+             else "no checkpoint was written")
+    raise TrainingDivergedError(
+        f"training stopped: non-finite {quantity} at step {step} (seed index {seed_idx}, seed value "
+        f"{config.seed + int(seed_idx)}); {where}; lower lr or init_std", step)
+
+
+def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
+          on_log: Callable[[dict[str, Any]], None] | None = None, path: str = "batched") -> TrainResult:
+    """Train ``config.seeds`` seeds of ``config.model`` for ``config.steps`` steps.
+
+    Args:
+      config: the run.
+      run_dir: where ``config.json``, checkpoints and ``metrics.jsonl`` go (``None``: nothing is
+        written). An existing run directory needs ``resume=True``, and its ``config.json`` must
+        equal ``config``.
+      resume: continue from the latest checkpoint (from scratch if there is none).
+      quiet: no progress line.
+      on_log: called with each metrics record after it is written.
+      path: the linear model's forward path, one of :data:`PATHS` (``"batched"``: fastest).
+
+    Raises:
+      TrainingDivergedError: a non-finite loss or weight (no checkpoint at or after that step).
+      ValueError: bad config, an existing run without ``resume``, a config mismatch, a corrupt
+        checkpoint (named).
+    """
+    from lintrans import checkpoint as ckpt
+
+    _check_dtype(config)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    state = None
+    if run_dir is not None:
+        state = ckpt.prepare_run_dir(run_dir, config, resume=resume)
+    if state is None:
+        state = init_state(config)
+    start = state.step
+    if run_dir is not None:
+        ckpt.truncate_metrics(run_dir, start)
+    last_ckpt = start if (run_dir is not None and start > 0) else None
+    if run_dir is not None and start == 0:
+        ckpt.save_checkpoint(run_dir, config, state)
+        last_ckpt = 0
+
+    step_fn = make_train_step(config, path)
+    _, data_keys = seed_keys(config)
+    schedule = learning_rate(config)
+    params, opt_state = state.params, state.opt_state
+    bad = jnp.full((config.seeds, 2), -1, jnp.int32)
+    progress = Progress(config.steps - start, f"train {config.model} L={config.n_layers}",
+                        quiet=quiet or start >= config.steps)
+    losses, gnorms = [], []
+    t_last, s_last = time.perf_counter(), start
+    for step in range(start + 1, config.steps + 1):
+        params, opt_state, loss, gnorm, bad = step_fn(params, opt_state, data_keys, jnp.int32(step), bad)
+        losses.append(loss)
+        gnorms.append(gnorm)
+        is_log = step % config.log_every == 0 or step == config.steps
+        is_ckpt = step % config.checkpoint_every == 0 or step == config.steps
+        if not (is_log or is_ckpt):
+            continue
+        _raise_if_bad(np.asarray(bad), config, last_ckpt, run_dir)
+        if is_ckpt and run_dir is not None:
+            ckpt.save_checkpoint(run_dir, config, TrainState(params, opt_state, step))
+            last_ckpt = step
+        if is_log:
+            now = time.perf_counter()
+            mean_loss = np.asarray(jnp.mean(jnp.stack(losses), axis=0))
+            rate = (step - s_last) / max(now - t_last, 1e-12)
+            record = {
+                "step": step, "loss": mean_loss.tolist(), "loss_mean": float(mean_loss.mean()),
+                "grad_norm": np.asarray(gnorms[-1]).tolist(), "lr": float(schedule(step - 1)),
+                "steps_per_s": rate, "prompts_per_s": rate * config.batch_size * config.seeds,
+            }
+            if config.curriculum is not None:
+                d_a, n_a = config.curriculum.active(step, config.d_in, config.n_demos)
+                record["d_active"], record["n_active"] = int(d_a), int(n_a)
+            if run_dir is not None:
+                ckpt.append_metrics(run_dir, record)
+            progress.update(step - s_last, f"loss {record['loss_mean']:.4g} lr {record['lr']:.2e} {rate:.0f} steps/s")
+            if on_log is not None:
+                on_log(record)
+            losses, gnorms = [], []
+            t_last, s_last = now, step
+    final = TrainState(params, opt_state, max(config.steps, start))
+    return TrainResult(final, config, run_dir, start)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction with trained parameters (one seed)
+# ----------------------------------------------------------------------------------------------
+
+
+def predict_query(config: TrainConfig, params, H: jax.Array) -> jax.Array:
+    """Query predictions ``(B,)`` of ONE seed's parameters on prompts ``H (B, D, N'+1)``.
+
+    Any ``N'`` (linear: ``s`` follows the prompt's own ``N'``; softmax: ``N' ≤ n_demos``).
+    """
+    return _predict_query(config, params, H)
+
+
+def predict_positions(config: TrainConfig, params, H: jax.Array) -> jax.Array:
+    """Softmax model: predictions ``(B, N'+1)`` at every ``x`` position (entry ``k``: ``k`` pairs seen)."""
+    if config.model != "softmax":
+        raise ValueError("predict_positions is for the softmax model; the linear model predicts the query only")
+    return _predict_positions(config, params, H)
+
+
+def _predict_query_impl(config: TrainConfig, params, H):
+    if config.model == "linear":
+        return jax.vmap(lambda h: attention.predict(params, h, mask=config.mask, scale=config.scale,
+                                                    readout=config.readout))(H)
+    from lintrans.transformer import softmax_predict
+
+    scfg = softmax_config(config)
+    return jax.vmap(lambda h: softmax_predict(params, h, scfg))(H)
+
+
+def _predict_positions_impl(config: TrainConfig, params, H):
+    from lintrans.transformer import softmax_predict_all
+
+    scfg = softmax_config(config)
+    return jax.vmap(lambda h: softmax_predict_all(params, h, scfg))(H)
+
+
+_predict_query = jax.jit(_predict_query_impl, static_argnums=0)
+_predict_positions = jax.jit(_predict_positions_impl, static_argnums=0)

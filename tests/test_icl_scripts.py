@@ -1,0 +1,163 @@
+"""Smoke runs of experiments/train_icl.py and experiments/icl_curves.py (tiny sizes, tmp_path only),
+the effective step size read-back, the benchmark's naive training loss, and bad flags."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lintrans.constructions import gd_construction
+from lintrans.numerics import rel_err
+from lintrans.train import TrainConfig, batch_loss, init_state, sample_batch, seed_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def train_icl():
+    return _load("train_icl")
+
+
+@pytest.fixture(scope="module")
+def icl_curves():
+    return _load("icl_curves")
+
+
+def test_effective_step_size_of_the_gd_construction_is_eta(train_icl):
+    """SPEC §4's construction (s = 1, ρ = −1) reads back as Γ = η I exactly."""
+    params = gd_construction([0.037], d_in=4)
+    e = train_icl.effective_step_size(params, scale="1", readout=-1, n_demos=9)
+    assert e["eta_eff"] == pytest.approx(0.037, rel=1e-15) and e["anisotropy"] == 0.0
+    np.testing.assert_allclose(e["gamma"], 0.037 * np.eye(4), rtol=1e-15, atol=0)
+    # s = 1/N and readout +1 rescale and flip it
+    e2 = train_icl.effective_step_size(params, scale="1/N", readout=1, n_demos=9)
+    assert e2["eta_eff"] == pytest.approx(-0.037 / 9, rel=1e-14)
+    with pytest.raises(ValueError, match="one layer"):
+        train_icl.effective_step_size(gd_construction([0.1, 0.1], d_in=4), scale="1", readout=-1, n_demos=9)
+
+
+LINEAR_ARGS = ["--model", "linear", "--layers", "1", "--d-in", "3", "--n-demos", "6", "--steps", "30", "--seeds", "2",
+               "--batch", "8", "--warmup", "5", "--checkpoint-every", "10", "--log-every", "5", "--lr", "0.05",
+               "--test-prompts", "4096", "--tune-prompts", "256", "--dtype", "float64", "--quiet"]
+
+
+def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_icl.main([*LINEAR_ARGS, "--out", str(out)]) == 0
+    doc = json.loads((out / "final.json").read_text())
+    res = doc["results"]
+    assert doc["provenance"]["git_revision"] and doc["config"]["train"]["n_layers"] == 1
+    assert [s["seed"] for s in res["model"]["seeds"]] == [0, 1] and res["steps"] == 30
+    assert set(res["estimators"]) == {"zero", "least_squares", "ridge", "averaging", "knn3", "gd_1step_opt", "gd_Lstep"}
+    assert res["estimators"]["least_squares"]["n"] == 4096
+    assert res["estimators"]["least_squares"]["mean"] < 1e-6, "least squares is exact for N >= d (noiseless)"
+    assert res["estimators"]["gd_1step_opt"]["opts"]["eta"] == pytest.approx(1 / (6 + 3 + 1))
+    eff = res["effective_step_size"]
+    assert eff["eta_optimal"] == pytest.approx(0.1) and len(eff["seeds"]) == 2
+    assert all(np.isfinite(s["eta_eff"]) for s in eff["seeds"])
+    assert [m["step"] for m in res["metrics"]] == [5, 10, 15, 20, 25, 30]
+    assert (out / "final.png").stat().st_size > 0 and "effective step size" in capsys.readouterr().out
+    # A finished run resumes without training; --plot-only re-plots from final.json.
+    assert train_icl.main([*LINEAR_ARGS, "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "final.json").read_text())["results"]["resumed_from"] == 30
+    (out / "final.png").unlink()
+    assert train_icl.main(["--out", str(out), "--plot-only"]) == 0 and (out / "final.png").exists()
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_icl.main([*LINEAR_ARGS, "--out", str(out)])
+
+
+def test_train_icl_softmax_smoke(train_icl, tmp_path):
+    out = tmp_path / "soft"
+    args = ["--model", "softmax", "--layers", "1", "--d-in", "3", "--n-demos", "6", "--steps", "6", "--batch", "8",
+            "--width", "8", "--heads", "2", "--mlp-width", "16", "--warmup", "1", "--lr", "1e-3",
+            "--test-prompts", "4096", "--tune-prompts", "256", "--dtype", "float64", "--quiet", "--out", str(out)]
+    assert train_icl.main(args) == 0
+    res = json.loads((out / "final.json").read_text())["results"]
+    assert res["model"]["name"] == "softmax" and "effective_step_size" not in res
+    assert res["closest_estimator"] in res["estimators"] and np.isfinite(res["model"]["mean_over_seeds"])
+
+
+def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
+    args = ["--d-in", "2", "--depths", "2", "--linear-steps", "12", "--softmax-steps", "6", "--softmax-layers", "1",
+            "--softmax-width", "8", "--softmax-heads", "2", "--softmax-mlp", "16", "--softmax-batch", "8",
+            "--linear-batch", "8", "--checkpoints", "3", "--eval-prompts", "1000", "--dtype", "float64", "--quiet",
+            "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "icl.json"), "--figures-dir", str(tmp_path)]
+    assert icl_curves.main(args) == 0
+    res = json.loads((tmp_path / "icl.json").read_text())["results"]
+    assert res["k"] == [1, 2, 3, 4]
+    labels = {"linear attention, L=2", "softmax transformer, L=1",
+              "least_squares", "averaging", "knn3", "gd_1step_opt"}
+    assert set(res["curves"]) == labels
+    for c in res["curves"].values():
+        assert len(c["mean"]) == 4 and all(h > 0 for h in c["ci95"])
+    dist = res["prediction_distance"]["softmax transformer, L=1"]
+    assert set(dist) == {"least_squares", "averaging", "knn3", "gd_1step_opt"} and len(dist["knn3"]) == 4
+    assert len(res["closest_estimator"]["linear attention, L=2"]) == 4
+    ls = res["curves"]["least_squares"]["mean"]
+    assert max(ls[1:]) < 1e-6, "least squares is exact for k >= d"
+    assert set(res["train_steps"]) == {"softmax transformer, L=1", "linear attention, L=2"}
+    assert list(res["train_steps"]["linear attention, L=2"]) == ["0", "4", "8", "12"]
+    for name in ("icl_vs_least_squares.png", "icl_train_steps.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    # A second run reuses the finished runs; --plot-only redraws from the JSON.
+    assert icl_curves.main(args) == 0
+    res2 = json.loads((tmp_path / "icl.json").read_text())["results"]
+    assert {c.get("status") for c in res2["curves"].values()} == {"reused", None}
+    assert res2["curves"]["linear attention, L=2"]["mean"] == res["curves"]["linear attention, L=2"]["mean"]
+    (tmp_path / "icl_train_steps.png").unlink()
+    assert icl_curves.main(["--plot-only", "--json", str(tmp_path / "icl.json"), "--figures-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "icl_train_steps.png").exists()
+
+
+def test_bench_naive_training_loss_equals_library_float64():
+    """The benchmark's naive attention-matrix loss and its gradient equal the library's (float64)."""
+    _load("benchmark")  # registers _bench_util and bench_core, which bench_training imports
+    bench = _load("bench_training")
+    cfg = TrainConfig(d_in=3, n_demos=6, n_layers=2, batch_size=8, init_std=0.3, scale="1", dtype="float64")
+    params = jax.tree_util.tree_map(lambda x: x[0], init_state(cfg).params)
+    batch = jax.jit(lambda k: sample_batch(cfg, k, 1))(seed_keys(cfg)[1][0])
+    lib = jax.jit(jax.value_and_grad(lambda p: batch_loss(cfg, p, batch)))(params)
+    nai = jax.jit(jax.value_and_grad(lambda p: bench.naive_loss(cfg, p, batch)))(params)
+    assert float(rel_err(lib[0], nai[0])) <= 1e-12, "loss: library vs naive attention matrix, rtol 1e-12"
+    for a, b in zip(lib[1], nai[1]):
+        assert float(rel_err(a, b)) <= 1e-12, "gradient: library vs naive attention matrix, rtol 1e-12"
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("train_icl", ["--out", "x", "--layers", "0"], "n_layers"),
+    ("train_icl", ["--out", "x", "--test-prompts", "100"], "test_prompts"),
+    ("icl_curves", ["--eval-prompts", "10"], "eval_prompts"),
+])
+def test_bad_values_raise_value_error(script, argv, message, tmp_path):
+    mod = _load(script)
+    with pytest.raises(ValueError, match=message):
+        mod.main(argv if script == "icl_curves" else [*argv[:1], str(tmp_path / "x"), *argv[2:]])
+
+
+def test_bad_flags_exit_2_without_traceback(tmp_path, capsys):
+    for script, argv in (("train_icl.py", ["--out", str(tmp_path / "r"), "--layers", "0"]),
+                         ("icl_curves.py", ["--depths", "1,x"])):
+        proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *argv],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2, (script, argv, proc.stderr)
+        assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    for script, argv in (("train_icl", ["--model", "mlp", "--out", "r"]), ("train_icl", ["--layers", "1"]),
+                         ("icl_curves", ["--d-in", "two"])):
+        with pytest.raises(SystemExit) as info:
+            _load(script).main(argv)
+        assert info.value.code == 2 and capsys.readouterr().err.startswith("error:")
