@@ -1,0 +1,178 @@
+"""Smoke runs and error paths of the pruning scripts (experiments/pruning_phenomenon.py,
+clip_search.py, reproduce_all.py) and of the trained-run adapter (lintrans.trained)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lintrans.pruning import PAPER_RATES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def init_run(run_dir, **kw):
+    """A valid run directory (step 0) of a tiny config holding random weights (std 0.3) and a zero
+    optimizer state, built from the state's shapes alone: no compilation, no training."""
+    from lintrans.checkpoint import prepare_run_dir, save_checkpoint
+    from lintrans.train import TrainConfig, TrainState, init_state
+
+    config = TrainConfig(d_in=3, n_demos=6, n_layers=3, steps=1, warmup_steps=0, seeds=2, dtype="float64", **kw)
+    shapes = jax.eval_shape(lambda: init_state(config))
+    leaves, tree = jax.tree_util.tree_flatten(shapes.params)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_unflatten(tree, [0.3 * rng.standard_normal(l.shape) for l in leaves])
+    opt_state = jax.tree_util.tree_map(lambda l: np.zeros(l.shape, l.dtype), shapes.opt_state)
+    prepare_run_dir(run_dir, config, resume=False)
+    save_checkpoint(run_dir, config, TrainState(params, opt_state, 0))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "linear": init_run(root / "lin", model="linear"),
+        "softmax": init_run(root / "soft", model="softmax", width=8, n_heads=2, mlp_width=16),
+    }
+
+
+def test_pruning_phenomenon_script_smoke(tiny_runs, tmp_path):
+    mod = load_script("pruning_phenomenon")
+    out = tmp_path / "pp.json"
+    args = ["--checkpoint", str(tiny_runs["linear"]), "--checkpoint", str(tiny_runs["softmax"]), "--n-test", "24",
+            "--json", str(out), "--figures-dir", str(tmp_path), "--quiet"]
+    assert mod.main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["provenance"]["git_revision"] and doc["config"]["n_test"] == 24
+    models = {m["model"]: m for m in doc["results"]["models"]}
+    assert set(models) == {"linear", "softmax"} and set(models["softmax"]["groups"]) == {"attn", "mlp"}
+    g = models["linear"]["groups"]["attn"]
+    err = np.asarray(g["error"])
+    assert err.shape == (2, 3, len(PAPER_RATES)), "(seed, layer, ξ)"
+    np.testing.assert_allclose(err[:, :, 0], np.broadcast_to(np.asarray(g["unpruned_error"])[:, None], (2, 3)),
+                               rtol=1e-12, err_msg="ξ = 0 reproduces the unpruned error at every layer")
+    assert set(g["steadiness"]) == {"worst", "spread", "best", "frac_improve"} and "verdict" in g
+    assert len(g["steadiness"]["worst"]["mean"]) == 3
+    assert np.asarray(models["softmax"]["condition_numbers"]["mlp_max"]).shape == (2, 3)
+    for png in ("pruning_phenomenon.png", "condition_numbers.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    (tmp_path / "pruning_phenomenon.png").unlink()
+    assert mod.main(["--plot-only", "--json", str(out), "--figures-dir", str(tmp_path), "--quiet"]) == 0
+    assert (tmp_path / "pruning_phenomenon.png").exists()
+
+
+def test_clip_search_script_smoke(tiny_runs, tmp_path, capsys):
+    mod = load_script("clip_search")
+    out = tmp_path / "cs.json"
+    args = ["--checkpoint", str(tiny_runs["softmax"]), "--group", "mlp", "--n-val", "16", "--n-test", "16",
+            "--shots", "4", "--top-k", "2", "--rates", "0,0.5,0.9", "--json", str(out), "--figures-dir", str(tmp_path),
+            "--quiet"]
+    assert mod.main(args) == 0
+    assert "test error before → after" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    (row,) = doc["results"]["rows"]
+    assert (row["model"], row["group"], row["shots"]) == ("softmax", "mlp", 4)
+    assert len(row["per_seed"]) == 2 and row["summary"]["n_seeds"] == 2
+    for rep in row["per_seed"]:
+        assert rep["rates"] == [0.0, 0.5, 0.9] and rep["layer"] in rep["top_layers"] and len(rep["top_layers"]) == 2
+        assert rep["layer"] == max(rep["top_layers"])
+    assert (tmp_path / "clip_search.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "which, extra, match",
+    [
+        ("linear", ["--group", "mlp"], "needs field(s) ['w_in', 'w_out']"),
+        ("linear", ["--model", "softmax"], "holds a 'linear' model; a 'softmax' run is needed"),
+        ("linear", ["--top-k", "0"], "top-k"),
+        ("linear", ["--rates", "0.5,0.5"], "duplicates"),
+        ("linear", ["--rates", "1.5"], "rates"),
+        (None, [], "no such run directory"),
+    ],
+)
+def test_clip_search_script_bad_inputs(tiny_runs, tmp_path, which, extra, match, capsys):
+    mod = load_script("clip_search")
+    ckpt = str(tiny_runs[which]) if which else str(tmp_path / "missing")
+    argv = ["--checkpoint", ckpt, "--json", str(tmp_path / "x.json"), "--figures-dir", str(tmp_path), "--quiet", *extra]
+    try:
+        mod.main(argv)
+    except ValueError as e:  # cli() turns this into "error: …", exit 2
+        assert match in str(e)
+    except SystemExit as e:  # argparse: "error: …", exit 2
+        assert e.code == 2 and match in capsys.readouterr().err
+    else:
+        pytest.fail("bad input accepted")
+    assert not (tmp_path / "x.json").exists(), "nothing written on bad input"
+
+
+def test_scripts_cli_error_exit_code(tiny_runs, tmp_path):
+    """As a command: a checkpoint of the wrong model prints one `error:` line and exits 2."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "pruning_phenomenon.py"), "--checkpoint", str(tmp_path / "nope"),
+         "--json", str(tmp_path / "x.json"), "--figures-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_default_run_is_trained_once_then_reused(tmp_path):
+    """No --checkpoint: the script trains its default run into --runs-dir; a second call reuses it."""
+    from lintrans.trained import default_config, default_models, run_name
+
+    over = {"linear": dict(steps=3, seeds=2, n_layers=2, d_in=3, n_demos=6, batch_size=8)}
+    (m,) = default_models(["linear"], tmp_path, overrides=over, quiet=True)
+    run_dir = tmp_path / run_name(default_config("linear", **over["linear"]))
+    assert m.run_dir == run_dir and m.step == 3 and m.n_seeds == 2
+    stamp = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    (again,) = default_models(["linear"], tmp_path, overrides=over, quiet=True)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == stamp, "reused, not retrained"
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(m.params), jax.tree_util.tree_leaves(again.params)))
+
+
+def test_reproduce_all_plan_and_skip(tmp_path, capsys):
+    """Dry run: the stages in order, each script called with the given directories; train_icl's flags
+    rebuild exactly the default run configs (so the pruning scripts reuse those runs); a stage whose
+    results exist is skipped unless --force."""
+    mod = load_script("reproduce_all")
+    dirs = ["--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"), "--runs-dir", str(tmp_path / "u")]
+    assert mod.main(["--dry-run", *dirs]) == 0
+    out = capsys.readouterr().out
+    order = [out.index(f"experiments/{s}.py") for s in
+             ("verify_theorem1", "icl_curves", "train_icl", "bound_vs_layer", "pruning_phenomenon", "clip_search")]
+    assert order == sorted(order) and "benchmark.py" not in out
+    assert str(tmp_path / "r" / "clip_search.json") in out and str(tmp_path / "f") in out
+
+    from lintrans.trained import default_config, run_name
+
+    train_icl = load_script("train_icl")
+    for model in ("linear", "softmax"):
+        tc = default_config(model)
+        argv = mod.train_icl_args(tc, tmp_path / "u" / run_name(tc))
+        assert train_icl.config_from_args(train_icl.build_parser().parse_args(argv)).train == tc, model
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "verify_theorem1.json").write_text("{}")
+    assert mod.main(["--dry-run", "--only", "verify_theorem1,clip_search", *dirs]) == 0
+    out = capsys.readouterr().out
+    assert "verify_theorem1: skipped" in out and "clip_search: dry run" in out and "icl_curves" not in out
+    assert mod.main(["--dry-run", "--force", "--only", "verify_theorem1", *dirs]) == 0
+    assert "verify_theorem1: dry run" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown stage"):
+        mod.main(["--dry-run", "--only", "everything", *dirs])
