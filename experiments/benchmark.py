@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import jax
+
 from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, save_results
 
 NAME = "benchmark"
@@ -61,7 +63,12 @@ SECTIONS = {
     "core": _load("bench_core").run,
     "bound": _load("bench_bound").run,
     "training": _load("bench_training").run,
+    "device": _load("bench_device").run,
 }
+
+#: Sections left out of a plain run (select them with ``--only`` or ``--device-check``): the device
+#: check trains at batch 65,536, which is for an accelerator.
+OPT_IN = ("device",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +80,9 @@ class Config:
     matmul_n: int | None = None  # reference matmul size; None → 4096 (512 with small)
 
     def sections(self) -> tuple[str, ...]:
-        return tuple(SECTIONS) if not self.only else tuple(s for s in SECTIONS if s in self.only)
+        if not self.only:
+            return tuple(s for s in SECTIONS if s not in OPT_IN)
+        return tuple(s for s in SECTIONS if s in self.only)
 
 
 def _check(config: Config) -> None:
@@ -162,21 +171,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=Config.seed)
     p.add_argument("--matmul-n", type=int, default=None, help="reference matmul size (default 4096; 512 with --small)")
     p.add_argument("--json", metavar="PATH", help="results file (default results/benchmark.json)")
+    p.add_argument("--device-check", action="store_true",
+                   help="run only the 'device' section (devices, training throughput at batch 256/4096/65536, "
+                   "trajectory sweep, Theorem 1 error in float32 and float64) and write results/device_check.json; "
+                   "under 3 min on one GPU, under 2 min on a CPU with --small")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(SECTIONS))
         return 0
+    if args.device_check and args.only is not None:
+        raise ValueError("--device-check runs the 'device' section alone; drop --only")
+    if args.device_check:
+        # The float64 identity errors of the device section need x64; float32 work stays float32.
+        jax.config.update("jax_enable_x64", True)
     config = Config(
-        only=_sections_arg(args.only) if args.only is not None else (),
+        only=("device",) if args.device_check else (_sections_arg(args.only) if args.only is not None else ()),
         small=args.small,
         repeats=args.repeats,
         seed=args.seed,
         matmul_n=args.matmul_n,
     )
     _check(config)
-    json_path = Path(args.json) if args.json else REPO_ROOT / "results" / f"{NAME}.json"
+    default_name = "device_check" if args.device_check else NAME
+    json_path = Path(args.json) if args.json else REPO_ROOT / "results" / f"{default_name}.json"
     if json_path.is_dir():
         raise ValueError(f"--json {json_path} is a directory")
     results = run(config, quiet=args.quiet)

@@ -562,11 +562,21 @@ def batch_loss(config: TrainConfig, params, batch: Batch, path: str = "batched")
     return jnp.sum(err * weight[None, :]) / (jnp.sum(weight) * preds.shape[0]) / batch.d_active
 
 
-def make_loss(config: TrainConfig, path: str = "batched") -> Callable:
-    """``loss(params, data_key, step)`` for ONE seed: sample ``fold_in(data_key, step)``, score."""
+def make_loss(config: TrainConfig, path: str = "batched", mesh=None) -> Callable:
+    """``loss(params, data_key, step)`` for ONE seed: sample ``fold_in(data_key, step)``, score.
+
+    ``mesh``: a :func:`lintrans.sharding.make_mesh` mesh; the sampled prompts and targets are then
+    split over its ``data`` axis (the parameters stay replicated), so XLA runs each device's share
+    of the batch and all-reduces the gradient. ``None``: no sharding constraint.
+    """
 
     def loss(params, data_key, step):
-        return batch_loss(config, params, sample_batch(config, jax.random.fold_in(data_key, step), step), path)
+        batch = sample_batch(config, jax.random.fold_in(data_key, step), step)
+        if mesh is not None:
+            from lintrans.sharding import constrain_batch
+
+            batch = batch._replace(H=constrain_batch(batch.H, mesh), targets=constrain_batch(batch.targets, mesh))
+        return batch_loss(config, params, batch, path)
 
     return loss
 
@@ -577,25 +587,29 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
-def make_train_step(config: TrainConfig, path: str = "batched") -> Callable:
+def make_train_step(config: TrainConfig, path: str = "batched", mesh=None) -> Callable:
     """ONE jitted step for all seeds (cached: configs that differ only in seeds or file cadence share it).
 
     ``step_fn(params, opt_state, data_keys, step, bad) -> (params, opt_state, loss, grad_norm, bad)``:
     ``params``/``opt_state`` carry the seed axis ``S``; ``data_keys (S, 2)``; ``step`` the 1-based
     step number (an int32 array, so no recompilation); ``bad (S, 2)`` int32, the first step at which
     ``[loss, weights]`` were non-finite (``-1``: never), updated here. ``loss, grad_norm (S,)``.
+    ``mesh``: split each batch over the devices of a :mod:`lintrans.sharding` mesh (data
+    parallelism; the batch size must be divisible by the device count); ``None``: one device.
     """
+    if mesh is not None and config.batch_size % mesh.size:
+        raise ValueError(f"batch_size={config.batch_size} must be divisible by the mesh's {mesh.size} devices")
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     # The step depends on neither the seed values (they enter through data_keys) nor the seed
     # count (a shape, retraced by jit) nor the file cadence.
-    return _cached_train_step(dataclasses.replace(config, seed=0, seeds=1, checkpoint_every=1, log_every=1), path)
+    return _cached_train_step(dataclasses.replace(config, seed=0, seeds=1, checkpoint_every=1, log_every=1), path, mesh)
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_train_step(config: TrainConfig, path: str) -> Callable:
+def _cached_train_step(config: TrainConfig, path: str, mesh=None) -> Callable:
     optimizer = make_optimizer(config)
-    loss_fn = make_loss(config, path)
+    loss_fn = make_loss(config, path, mesh)
 
     def one_seed(params, opt_state, data_key, step):
         loss, grads = jax.value_and_grad(loss_fn)(params, data_key, step)

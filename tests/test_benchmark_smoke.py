@@ -35,7 +35,7 @@ def test_small_run_writes_results(bench, tmp_path, capsys):
     assert doc["provenance"]["git_revision"] and doc["config"]["small"] is True
     res = doc["results"]
     assert res["reference_matmul"]["gflop_per_s"] > 0
-    assert set(res["sections"]) == set(bench.SECTIONS)
+    assert set(res["sections"]) == set(bench.SECTIONS) - set(bench.OPT_IN)
     core = res["sections"]["core"]
     impls = {"predict", "predict_tokens", "trajectory", "naive", "naive_states"}
     for N in core["sizes"]["n_demos"]:
