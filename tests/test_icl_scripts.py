@@ -81,18 +81,8 @@ def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys
         train_icl.main([*LINEAR_ARGS, "--out", str(out)])
 
 
-def test_train_icl_softmax_smoke(train_icl, tmp_path):
-    out = tmp_path / "soft"
-    args = ["--model", "softmax", "--layers", "1", "--d-in", "3", "--n-demos", "6", "--steps", "6", "--batch", "8",
-            "--width", "8", "--heads", "2", "--mlp-width", "16", "--warmup", "1", "--lr", "1e-3",
-            "--test-prompts", "4096", "--tune-prompts", "256", "--dtype", "float64", "--quiet", "--out", str(out)]
-    assert train_icl.main(args) == 0
-    res = json.loads((out / "final.json").read_text())["results"]
-    assert res["model"]["name"] == "softmax" and "effective_step_size" not in res
-    assert res["closest_estimator"] in res["estimators"] and np.isfinite(res["model"]["mean_over_seeds"])
-
-
 def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
+    """Trains a linear and a softmax run (the softmax path of lintrans.train end to end), reuses them."""
     args = ["--d-in", "2", "--depths", "2", "--linear-steps", "12", "--softmax-steps", "6", "--softmax-layers", "1",
             "--softmax-width", "8", "--softmax-heads", "2", "--softmax-mlp", "16", "--softmax-batch", "8",
             "--linear-batch", "8", "--checkpoints", "3", "--eval-prompts", "1000", "--dtype", "float64", "--quiet",
