@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 
 import jax
@@ -187,7 +188,7 @@ def init_softmax(key: jax.Array, config: SoftmaxConfig, dtype=jnp.float32) -> So
 def _init_softmax(key, config, dtype):
     # One compiled program: eager sampling would compile a Threefry kernel per field shape.
     shapes = param_shapes(config)
-    resid_std = INIT_STD / np.sqrt(2 * config.n_layers)
+    resid_std = INIT_STD / math.sqrt(2 * config.n_layers)
     gaussian = {"read_in_w": INIT_STD, "pos_emb": INIT_STD, "read_out_w": INIT_STD,
                 "w_q": INIT_STD, "w_k": INIT_STD, "w_v": INIT_STD, "w_in": INIT_STD,
                 "w_o": resid_std, "w_out": resid_std}
@@ -246,7 +247,7 @@ def _block(config: SoftmaxConfig, e, lp):
     q = (mm(a, lp["w_q"]) + lp["b_q"]).reshape(T, n_h, d_h)
     k = (mm(a, lp["w_k"]) + lp["b_k"]).reshape(T, n_h, d_h)
     v = (mm(a, lp["w_v"]) + lp["b_v"]).reshape(T, n_h, d_h)
-    logits = einsum("thc,shc->hts", q, k) / np.sqrt(d_h)
+    logits = einsum("thc,shc->hts", q, k) / math.sqrt(d_h)  # a Python float stays weakly typed: no float64 promotion under x64
     causal = jnp.tril(jnp.ones((T, T), bool))
     # Masked logits get the dtype's lowest value (not -inf), so exp underflows to exactly 0
     # without producing inf - inf; every row keeps its own diagonal, so no row is empty.
