@@ -232,7 +232,7 @@ def test_risks_closed_form_monte_carlo_and_prediction():
         assert float(mc) == pytest.approx(float(rk.L_mu[j]), rel=0.016), "closed-form L_μ vs Monte Carlo (5 s.e.)"
         X, y = batch.H[j, :-1, :-1].T, batch.H[j, -1, :-1]
         direct = np.mean((X @ (W[j][-1, :-1]) - y) ** 2)
-        assert float(rk.L_S[j]) == pytest.approx(direct, rel=RTOL)
+        assert float(rk.L_S[j]) == pytest.approx(float(direct), rel=RTOL)
     y_hat = jax.vmap(lambda h: predict(params, h, scale="1/N"))(batch.H)
     assert _rel(rk.test_error, (y_hat - batch.y_query) ** 2 / 3) <= 1e-10, "test error from W_L = model prediction (T1)"
     assert _rel(rk.gap, rk.L_mu - rk.L_S) <= RTOL and _rel(rk.loss_var, 2 * rk.L_mu**2) <= RTOL
