@@ -142,7 +142,7 @@ def table(results: dict) -> str:
         lines.append(
             f"{row['model']:8s} {row['group']:5s} {layers:18s} {s['xi_star']['mean']:.3f} ± {s['xi_star']['se']:.3f}    "
             f"{ranks:22s} {tb['mean']:.4f} ± {tb['se']:.4f} → {ta['mean']:.4f} ± {ta['se']:.4f}        "
-            f"{100 * rel['mean']:+6.1f} ± {100 * rel['se']:4.1f} %  {s['improved_seeds']}/{s['n_seeds']}"
+            f"{100 * rel['mean']:+6.2f} ± {100 * rel['se']:4.2f} %  {s['improved_seeds']}/{s['n_seeds']}"
         )
     lines.append("(mean ± standard error over training seeds; each seed has its own fresh validation and test "
                  "prompts; r*: ranks kept per matrix of the group; improved: seeds whose test error fell)")
@@ -159,12 +159,14 @@ def plot(results: dict):
     for j, row in enumerate(rows):
         ax, bx = axes[0, j], axes[1, j]
         colours = plt.cm.tab10(np.arange(len(row["per_seed"])) % 10)
+        plotted = []
         for rep, c in zip(row["per_seed"], colours):
             curve = np.asarray(rep["val_curve"], dtype=np.float64) / rep["val_before"]
+            plotted.append(curve)
             ax.plot(x, curve, "o-", color=c, ms=3, lw=1.2, label=f"seed {rep['seed_index']} (layer {rep['layer']})")
             ax.plot(x[rep["index"]], curve[rep["index"]], "*", color=c, ms=13, mec="k", mew=0.6)
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        _auto_yscale(ax)
+        _ratio_yscale(ax, np.concatenate(plotted))
         ranks = np.asarray(row["per_seed"][0]["ranks"])
         ax.set_xticks(x, [f"{xi:g}\nr={ranks[i].min()}" for i, xi in enumerate(rates)], fontsize=7)
         ax.set_xlabel("clipping rate ξ")
@@ -183,7 +185,8 @@ def plot(results: dict):
         bx.axhline(0.0, color="k", lw=0.8, ls="--")
         bx.set_xticks(list(range(n + 1)), [f"seed {r['seed_index']}\nlayer {r['layer']}\nξ*={r['xi_star']:g}"
                                             for r in row["per_seed"]] + ["mean\n± s.e."], fontsize=7)
-        bx.set_title(f"test error change at ξ*: {100 * rc['mean']:+.1f} ± {100 * rc['se']:.1f} %", fontsize=10)
+        bx.set_title(f"test error change at ξ*: {100 * rc['mean']:+.2f} ± {100 * rc['se']:.2f} % (mean ± s.e.)",
+                     fontsize=9)
         bx.grid(alpha=0.3)
     axes[0, 0].set_ylabel("validation error / unpruned")
     axes[1, 0].set_ylabel("test error after/before − 1 (%)\n(per seed: paired 95% CI over prompts)")
@@ -193,12 +196,13 @@ def plot(results: dict):
     return fig
 
 
-def _auto_yscale(ax):
-    """Log scale for a ratio that spans a wide range, linear (plain numbers) for a narrow one."""
+def _ratio_yscale(ax, values):
+    """Log scale when the plotted ratios span more than 3x, plain numbers on a linear scale otherwise."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    lo, hi = ax.get_ylim()
-    if lo > 0 and hi / lo > 3:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and values.max() / values.min() > 3:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())

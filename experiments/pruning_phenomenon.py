@@ -367,7 +367,7 @@ def plot_condition(results: dict):
         ax.set_xlabel("layer t")
         ax.set_title(f"{m['model']} ({m['n_seeds']} seeds; band: seed range)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="best", framealpha=0.7)
     axes[0, 0].set_ylabel("condition number σ_max/σ_min")
     fig.suptitle("Condition numbers of the trained weights by layer (thin lines: single matrices)", fontsize=11)
     fig.tight_layout()
