@@ -139,6 +139,13 @@ def table(results: dict) -> str:
         layers = ",".join(str(int(v)) for v in s["layer"]["per_seed"])
         ranks = ",".join("/".join(str(x) for x in r) for r in s["ranks_star"])
         tb, ta, rel = s["test_before"], s["test_after"], s["relative_change"]
+        if s["n_seeds"] < 2:  # one seed: no standard error over seeds
+            lines.append(
+                f"{row['model']:8s} {row['group']:5s} {layers:18s} {s['xi_star']['mean']:.3f} (1 seed)      "
+                f"{ranks:22s} {tb['mean']:.4f} → {ta['mean']:.4f} (1 seed)                  "
+                f"{100 * rel['mean']:+6.2f} %          {s['improved_seeds']}/{s['n_seeds']}"
+            )
+            continue
         lines.append(
             f"{row['model']:8s} {row['group']:5s} {layers:18s} {s['xi_star']['mean']:.3f} ± {s['xi_star']['se']:.3f}    "
             f"{ranks:22s} {tb['mean']:.4f} ± {tb['se']:.4f} → {ta['mean']:.4f} ± {ta['se']:.4f}        "
@@ -179,7 +186,7 @@ def plot(results: dict):
             half = 100 * 1.96 * rep["test_delta_se"] / rep["test_before"]
             bx.errorbar([k], [rel], yerr=[half], fmt="o", color=c, ms=5, capsize=3)
         n = len(row["per_seed"])
-        rc = s["relative_change"]
+        rc = {k: float(rc_v) for k, rc_v in s["relative_change"].items() if k != "per_seed"}  # JSON "nan" → nan
         bx.errorbar([n], [100 * rc["mean"]], yerr=[0 if not np.isfinite(rc["se"]) else 100 * rc["se"]], fmt="D",
                     color="k", ms=6, capsize=4)
         bx.axhline(0.0, color="k", lw=0.8, ls="--")

@@ -260,14 +260,14 @@ def statements(results: dict) -> list[str]:
                 out.append(f"{m['model']}/{group}: {g.get('verdict') or g.get('nonfinite')}")
                 continue
             w = g["depth_trend"]["worst"]
-            sp, sl, ds = w["spearman"], w["slope"], w["deep_minus_shallow"]
+            sp, sl, ds = (_iv(w[k]) for k in ("spearman", "slope", "deep_minus_shallow"))
             out.append(
                 f"{m['model']}/{group} ({m['n_seeds']} seeds, L = {m['n_layers']}): {g['verdict']}. Worst log10 error "
-                f"ratio over ξ vs depth: rank correlation {sp['mean']:+.2f} [{sp['low']:+.2f}, {sp['high']:+.2f}]; "
-                f"slope {sl['mean']:+.2f} [{sl['low']:+.2f}, {sl['high']:+.2f}] per layer; deepest − shallowest "
-                f"{ds['mean']:+.2f} [{ds['low']:+.2f}, {ds['high']:+.2f}], lower in {w['seeds_deep_below_shallow']}/"
+                f"ratio over ξ vs depth: rank correlation {sp}; slope {sl} per layer; deepest − shallowest {ds}, "
+                f"lower in {w['seeds_deep_below_shallow']}/"
                 f"{w['n_seeds']} seeds. Rates that improve on the unpruned model: "
-                f"{100 * np.mean(g['steadiness']['frac_improve']['per_seed']):.0f}% of (seed, layer, ξ > 0) cells"
+                f"{100 * np.mean(g['steadiness']['frac_improve']['per_seed']):.0f}% of (seed, layer, ξ > 0) cells; "
+                f"the largest improvement {_largest_gain(g, results['rates'])}"
             )
         cond = m["condition_numbers"]
         if "mlp_max" in cond:
@@ -276,6 +276,28 @@ def statements(results: dict) -> list[str]:
                        f"{10 ** np.mean(np.log10(a)):.3g} vs {10 ** np.mean(np.log10(b)):.3g}; attn > mlp in "
                        f"{int(np.sum(a > b))}/{a.size} (seed, layer) cells")
     return out
+
+
+def _iv(d: dict) -> str:
+    """``mean [low, high]``, or ``mean (one seed)`` when there is no interval."""
+    mean, low, high = (float(d[k]) for k in ("mean", "low", "high"))
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) and np.isfinite(high) else f"{mean:+.2f} (one seed)"
+
+
+def _largest_gain(g: dict, rates) -> str:
+    """The best relative error change over every (seed, layer, ξ that changes the weights) cell."""
+    err = np.asarray(g["error"], dtype=np.float64)
+    rel = err / np.asarray(g["unpruned_error"], dtype=np.float64)[:, None, None] - 1
+    rel[..., ~np.asarray(g["changes_weights"])] = np.inf
+    s, t, i = np.unravel_index(np.argmin(rel), rel.shape)
+    return f"{100 * rel[s, t, i]:+.3f}% (seed {s}, layer {t + 1}, ξ = {rates[i]:g})"
+
+
+def _fmt_interval(st: dict, t: int) -> str:
+    low, high = float(st["low"][t]), float(st["high"][t])  # JSON stores NaN as "nan"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{st['mean'][t]:+7.3f} [  one seed  ]"
+    return f"{st['mean'][t]:+7.3f} [{low:+6.3f},{high:+6.3f}]"
 
 
 def table(results: dict) -> str:
@@ -294,7 +316,7 @@ def table(results: dict) -> str:
             for t in range(m["n_layers"]):
                 cells = []
                 for k in STATS:
-                    cells.append(f"{st[k]['mean'][t]:+7.3f} [{st[k]['low'][t]:+6.3f},{st[k]['high'][t]:+6.3f}]")
+                    cells.append(_fmt_interval(st[k], t))
                 lines.append(f"  {t + 1:5d}   " + "   ".join(cells))
             lines.append(f"  verdict: {g['verdict']}")
     return "\n".join(lines)
