@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from lintrans.experiment import REPO_ROOT, ArgParser, cli
-from lintrans.io import provenance, save_json
+from lintrans.io import load_json, provenance, save_json
 from lintrans.train import TrainConfig
 from lintrans.trained import default_config, run_name
 
@@ -103,6 +103,21 @@ def plan(config: Config) -> list[dict]:
     return [s for s in stages if s["stage"] in wanted]
 
 
+def _previous_times(path: Path) -> dict:
+    """Stage → its wall and CPU seconds from an earlier reproduce_all.json (computed stages only)."""
+    try:
+        stages = load_json(path)["results"]["stages"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    out = {}
+    for e in stages:
+        if e.get("status") == "ok":
+            out[e["stage"]] = {"seconds": e["seconds"], "cpu_seconds": e.get("cpu_seconds")}
+        elif "computed_before" in e:
+            out[e["stage"]] = e["computed_before"]
+    return out
+
+
 def _children_cpu() -> float:
     """User + system CPU seconds of finished child processes: with several cores a stage's wall
     time is below its CPU time, so the CPU time bounds the wall time on a dedicated machine."""
@@ -113,6 +128,7 @@ def _children_cpu() -> float:
 def run(config: Config) -> dict:
     stages = plan(config)
     report, failed = [], set()
+    previous = _previous_times(_abs(config.results_dir) / f"{NAME}.json")
     t_all = time.perf_counter()
     for s in stages:
         name = s["stage"]
@@ -122,6 +138,8 @@ def run(config: Config) -> dict:
             entry.update(status="not run", reason=f"depends on failed stage(s) {blocked}", seconds=0.0)
         elif not config.force and all(p.exists() for p in s["done"]):
             entry.update(status="skipped", reason="results exist (--force recomputes)", seconds=0.0)
+            if name in previous:  # keep the time it took when it was computed
+                entry["computed_before"] = previous[name]
         elif config.dry_run:
             entry.update(status="dry run", seconds=0.0)
             for c, done in zip(s["commands"], s["done"]):
@@ -154,8 +172,11 @@ def run(config: Config) -> dict:
 def summary(results: dict) -> str:
     lines = ["", f"{'stage':20s} {'status':10s} {'wall s':>9s} {'CPU s':>9s}"]
     for e in results["stages"]:
-        lines.append(f"{e['stage']:20s} {e['status']:10s} {e['seconds']:9.1f} {e.get('cpu_seconds', 0.0):9.1f}"
-                     + (f"   ({e['reason']})" if e.get("reason") else ""))
+        note = f"   ({e['reason']})" if e.get("reason") else ""
+        if "computed_before" in e:
+            before = e["computed_before"]
+            note += f" [took {before['seconds']:.1f} s wall, {before.get('cpu_seconds') or 0:.1f} s CPU when computed]"
+        lines.append(f"{e['stage']:20s} {e['status']:10s} {e['seconds']:9.1f} {e.get('cpu_seconds', 0.0):9.1f}" + note)
     lines.append(f"{'total':20s} {'':10s} {results['total_seconds']:9.1f} {results['total_cpu_seconds']:9.1f}")
     lines.append(f"(load average at the end {results['load_average_at_end'][0]:.1f} on {results['cpu_count']} cores; "
                  "CPU s = user + system time of the stage's processes)")

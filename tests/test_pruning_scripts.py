@@ -176,3 +176,17 @@ def test_reproduce_all_plan_and_skip(tmp_path, capsys):
     assert "verify_theorem1: dry run" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown stage"):
         mod.main(["--dry-run", "--only", "everything", *dirs])
+
+
+def test_reproduce_all_skipped_stage_keeps_its_earlier_time(tmp_path, capsys):
+    mod = load_script("reproduce_all")
+    res = tmp_path / "r"
+    res.mkdir()
+    (res / "verify_theorem1.json").write_text("{}")
+    earlier = {"results": {"stages": [{"stage": "verify_theorem1", "status": "ok", "seconds": 31.4, "cpu_seconds": 30.3}]}}
+    (res / "reproduce_all.json").write_text(json.dumps(earlier))
+    dirs = ["--results-dir", str(res), "--figures-dir", str(tmp_path / "f"), "--runs-dir", str(tmp_path / "u")]
+    assert mod.main(["--only", "verify_theorem1", *dirs]) == 0
+    assert "took 31.4 s wall" in capsys.readouterr().out
+    (stage,) = json.loads((res / "reproduce_all.json").read_text())["results"]["stages"]
+    assert stage["status"] == "skipped" and stage["computed_before"] == {"seconds": 31.4, "cpu_seconds": 30.3}
