@@ -15,6 +15,7 @@ Modules (one concept each; data flows down this list):
 * :mod:`lintrans.truncation` — truncation of a parameter pytree by layer, target and rate.
 * :mod:`lintrans.bound`, :mod:`lintrans.bound_sweep` — Theorem 2: contributions, C_t, the bound forms.
 * :mod:`lintrans.search` — Algorithm 1, the clipping-rate search.
+* :mod:`lintrans.trained` — the default small training runs the experiments share; :mod:`lintrans.seedstats` — intervals over seeds.
 * :mod:`lintrans.sharding` — the data-parallel device mesh.
 * :mod:`lintrans.numerics`, :mod:`lintrans.io` — full-precision products, errors, files.
 """
