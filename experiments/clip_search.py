@@ -35,7 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, save_figure, save_results
+from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, save_figure, save_results, positive_int, rate_list
 from lintrans.pruning import PAPER_RATES, RANK_RULES
 from lintrans.search import GROUPS, check_rates, check_top_k, clip_search, group_fields
 from lintrans.seedstats import seed_interval
@@ -217,27 +217,6 @@ def _ratio_yscale(ax, values):
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
 
 
-def _int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return n
-
-
-def _rates(v: str) -> tuple[float, ...]:
-    try:
-        rates = tuple(float(s) for s in v.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1), got {v!r}") from None
-    try:
-        return check_rates(rates)
-    except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def build_parser() -> ArgParser:
     d = Config()
     p = ArgParser(prog="python experiments/clip_search.py", description=__doc__.split("\n\n")[0],
@@ -247,18 +226,18 @@ def build_parser() -> ArgParser:
     p.add_argument("--model", choices=tuple(MODEL_GROUPS), help="only this model (a --checkpoint of another model is an error)")
     p.add_argument("--models", default=",".join(d.models), help="default runs to use without --checkpoint: linear,softmax")
     p.add_argument("--runs-dir", default=d.runs_dir, help="where default runs are trained and reused (default runs/)")
-    p.add_argument("--linear-steps", type=_int, help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
-    p.add_argument("--softmax-steps", type=_int, help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
-    p.add_argument("--train-seeds", type=_int, help="seeds of the default runs")
-    p.add_argument("--layers", type=_int, help="layers of the default runs (default 4)")
-    p.add_argument("--softmax-width", type=_int, help="width of the default softmax run (default 32; MLP 4x)")
+    p.add_argument("--linear-steps", type=positive_int, help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
+    p.add_argument("--softmax-steps", type=positive_int, help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
+    p.add_argument("--train-seeds", type=positive_int, help="seeds of the default runs")
+    p.add_argument("--layers", type=positive_int, help="layers of the default runs (default 4)")
+    p.add_argument("--softmax-width", type=positive_int, help="width of the default softmax run (default 32; MLP 4x)")
     p.add_argument("--group", action="append", choices=sorted(GROUPS), default=[],
                    help="module group (repeatable); default every group the model has: attn, and mlp for softmax")
-    p.add_argument("--rates", type=_rates, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
-    p.add_argument("--top-k", type=_int, default=d.top_k, help=f"worst-conditioned layers competing (default {d.top_k})")
-    p.add_argument("--shots", type=_int, help="demonstrations per validation/test prompt (default: the run's N)")
-    p.add_argument("--n-val", type=_int, default=d.n_val, help=f"validation prompts per seed (default {d.n_val})")
-    p.add_argument("--n-test", type=_int, default=d.n_test, help=f"test prompts per seed (default {d.n_test})")
+    p.add_argument("--rates", type=rate_list, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
+    p.add_argument("--top-k", type=positive_int, default=d.top_k, help=f"worst-conditioned layers competing (default {d.top_k})")
+    p.add_argument("--shots", type=positive_int, help="demonstrations per validation/test prompt (default: the run's N)")
+    p.add_argument("--n-val", type=positive_int, default=d.n_val, help=f"validation prompts per seed (default {d.n_val})")
+    p.add_argument("--n-test", type=positive_int, default=d.n_test, help=f"test prompts per seed (default {d.n_test})")
     p.add_argument("--rule", choices=RANK_RULES, default=d.rule)
     p.add_argument("--seed", type=int, default=d.seed, help="key of the validation and test prompts")
     p.add_argument("--json", metavar="PATH", help=f"results file (default results/{NAME}.json)")

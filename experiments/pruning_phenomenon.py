@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans.estimators import icl_error, predict_batch
-from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, save_figure, save_results
+from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, save_figure, save_results, positive_int, rate_list
 from lintrans.pruning import PAPER_RATES, RANK_RULES
 from lintrans.search import check_rates, group_condition_numbers, group_fields, group_ranks, sweep_errors
 from lintrans.seedstats import seed_interval
@@ -418,27 +418,6 @@ def group_fields_from_results(m: dict, group: str) -> list[str]:
 # ----------------------------------------------------------------------------- command line
 
 
-def _int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return n
-
-
-def _rates(v: str) -> tuple[float, ...]:
-    try:
-        rates = tuple(float(s) for s in v.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1), got {v!r}") from None
-    try:
-        return check_rates(rates)
-    except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def build_parser() -> ArgParser:
     d = Config()
     p = ArgParser(prog="python experiments/pruning_phenomenon.py", description=__doc__.split("\n\n")[0],
@@ -447,14 +426,14 @@ def build_parser() -> ArgParser:
                    help="a run of experiments/train_icl.py (repeatable, one per model); default: train/reuse small default runs")
     p.add_argument("--models", default=",".join(d.models), help="default runs to use without --checkpoint: linear,softmax")
     p.add_argument("--runs-dir", default=d.runs_dir, help="where default runs are trained and reused (default runs/)")
-    p.add_argument("--linear-steps", type=_int, help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
-    p.add_argument("--softmax-steps", type=_int, help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
-    p.add_argument("--train-seeds", type=_int, help="seeds of the default runs (default 4 linear, 3 softmax)")
-    p.add_argument("--layers", type=_int, help="layers of the default runs (default 4)")
-    p.add_argument("--softmax-width", type=_int, help="width of the default softmax run (default 32; MLP 4x)")
-    p.add_argument("--rates", type=_rates, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
+    p.add_argument("--linear-steps", type=positive_int, help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
+    p.add_argument("--softmax-steps", type=positive_int, help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
+    p.add_argument("--train-seeds", type=positive_int, help="seeds of the default runs (default 4 linear, 3 softmax)")
+    p.add_argument("--layers", type=positive_int, help="layers of the default runs (default 4)")
+    p.add_argument("--softmax-width", type=positive_int, help="width of the default softmax run (default 32; MLP 4x)")
+    p.add_argument("--rates", type=rate_list, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
     p.add_argument("--rule", choices=RANK_RULES, default=d.rule)
-    p.add_argument("--n-test", type=_int, default=d.n_test, help=f"test prompts (default {d.n_test})")
+    p.add_argument("--n-test", type=positive_int, default=d.n_test, help=f"test prompts (default {d.n_test})")
     p.add_argument("--seed", type=int, default=d.seed, help="key of the test prompts")
     p.add_argument("--json", metavar="PATH", help=f"results file (default results/{NAME}.json)")
     p.add_argument("--figures-dir", metavar="DIR", help="write the two PNGs here instead of figures/")

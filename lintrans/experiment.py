@@ -25,7 +25,7 @@ from typing import Any
 
 from lintrans.io import atomic_write_bytes, load_json, provenance, save_json, save_npz
 
-__all__ = ["ArgParser", "cli", "Progress", "save_results", "load_results", "save_figure", "REPO_ROOT"]
+__all__ = ["ArgParser", "cli", "positive_int", "rate_list", "Progress", "save_results", "load_results", "save_figure", "REPO_ROOT"]
 
 #: The repository root (the parent of ``lintrans/``): default home of ``results/`` and ``figures/``.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +36,31 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse hook
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def positive_int(v: str) -> int:
+    """``argparse`` type: a positive integer, else a one-line error naming the value."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return n
+
+
+def rate_list(v: str) -> tuple[float, ...]:
+    """``argparse`` type: comma-separated clipping rates, validated by :func:`lintrans.search.check_rates`."""
+    from lintrans.search import check_rates
+
+    try:
+        rates = tuple(float(s) for s in v.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1), got {v!r}") from None
+    try:
+        return check_rates(rates)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cli(main: Callable[[list[str] | None], int]) -> None:
