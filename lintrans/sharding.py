@@ -9,6 +9,13 @@ numbers are unchanged.
 Multi-host: call ``jax.distributed.initialize()`` on every host before anything else; then
 ``jax.devices()`` lists the devices of all hosts and :func:`make_mesh` spans them. The code path
 is the same (see the README).
+
+Known limitation, simulated CPU devices with jaxlib 0.10 (``--xla_force_host_platform_device_count``
+> 1): jaxlib's CPU LAPACK kernels (SVD, eigh, Cholesky) split a batch over the host thread pool
+and block on it, so several devices running them at once can starve the pool and hang (seen: a
+batched SVD under 4 devices on 2 cores). Sharded code that only needs matrix products is not
+affected; jaxlib 0.11 builds the LAPACK kernels without that parallel path. On GPUs and with one
+CPU device nothing changes.
 """
 
 from __future__ import annotations
