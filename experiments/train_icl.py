@@ -311,7 +311,7 @@ def _summary(results: dict[str, Any]) -> str:
     lines.append(f"closest estimator (prediction distance): {results['closest_estimator']}")
     if "effective_step_size" in results:
         e = results["effective_step_size"]
-        lines.append(f"effective step size: " + ", ".join(f"{s['eta_eff']:.5f}" for s in e["seeds"])
+        lines.append("effective step size: " + ", ".join(f"{s['eta_eff']:.5f}" for s in e["seeds"])
                      + f" vs optimal {e['eta_optimal']:.5f}")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ import numpy as np
 from lintrans.io import load_npz, require_float_array
 from lintrans.numerics import einsum
 
-__all__ = ["RegressionBatch", "sample_linear", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
+__all__ = ["RegressionBatch", "sample_linear", "sample_linear_xy", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
 
 
 class RegressionBatch(NamedTuple):
@@ -49,7 +49,7 @@ def split_prompt(H: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return H[:-1, :-1].T, H[-1, :-1], H[:-1, -1]
 
 
-def sample_linear(
+def sample_linear_xy(
     key: jax.Array,
     n_prompts: int,
     n_demos: int,
@@ -59,15 +59,13 @@ def sample_linear(
     sparsity: int | None = None,
     cov_sqrt: jax.Array | None = None,
     dtype=jnp.float32,
-) -> RegressionBatch:
-    """Sample ``n_prompts`` linear-regression prompts with ``n_demos`` demonstrations each.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The draws of :func:`sample_linear` before they are laid out as tokens.
 
-    Args:
-      key: JAX PRNG key (split into w, x, noise and support keys; none is reused).
-      n_prompts, n_demos, d_in: ``B``, ``N``, ``d``.
-      noise_std: label noise ``σ ≥ 0``.
-      sparsity: ``k`` non-zero coordinates of ``w`` (``1 ≤ k ≤ d``), or ``None`` for dense.
-      cov_sqrt: ``(d, d)`` matrix ``Σ^{1/2}`` for anisotropic inputs, or ``None`` for ``I``.
+    Returns ``X (B, N+1, d)`` (query last), ``y (B, N+1)`` (the query's true label included) and
+    ``w (B, d)``; ``sample_linear`` with the same arguments gives ``H = [Xᵀ; yᵀ]`` per prompt with
+    the query label zeroed. For consumers that need only statistics of the demonstrations (the
+    Gram matrix ``S = H_s H_sᵀ``), this skips the ``(B, D, N+1)`` token array.
     """
     for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -93,6 +91,31 @@ def sample_linear(
     # branch, so w and X are the same either way. A traced noise_std always draws.
     if not (isinstance(noise_std, (int, float)) and noise_std == 0):
         y = y + noise_std * jax.random.normal(k_noise, (n_prompts, n_demos + 1), dtype)
+    return X, y, w
+
+
+def sample_linear(
+    key: jax.Array,
+    n_prompts: int,
+    n_demos: int,
+    d_in: int,
+    *,
+    noise_std: float = 0.0,
+    sparsity: int | None = None,
+    cov_sqrt: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> RegressionBatch:
+    """Sample ``n_prompts`` linear-regression prompts with ``n_demos`` demonstrations each.
+
+    Args:
+      key: JAX PRNG key (split into w, x, noise and support keys; none is reused).
+      n_prompts, n_demos, d_in: ``B``, ``N``, ``d``.
+      noise_std: label noise ``σ ≥ 0``.
+      sparsity: ``k`` non-zero coordinates of ``w`` (``1 ≤ k ≤ d``), or ``None`` for dense.
+      cov_sqrt: ``(d, d)`` matrix ``Σ^{1/2}`` for anisotropic inputs, or ``None`` for ``I``.
+    """
+    X, y, w = sample_linear_xy(key, n_prompts, n_demos, d_in, noise_std=noise_std, sparsity=sparsity,
+                               cov_sqrt=cov_sqrt, dtype=dtype)
     H = jax.vmap(tokens_from_xy)(X, y)
     return RegressionBatch(H=H, y_query=y[:, -1], w=w)
 

@@ -82,15 +82,17 @@ import numpy as np
 import optax
 
 from lintrans import attention
-from lintrans.numerics import einsum
 from lintrans.experiment import Progress
-from lintrans.params import LinearAttentionParams, init_params
-from lintrans.tasks import sample_linear
+from lintrans.params import init_params
+from lintrans.batched import attention_scale, demo_gram, linear_predict_batch, linear_predict_gram, linear_query_predict
+from lintrans.gram_sampler import sample_linear_gram
+from lintrans.tasks import sample_linear_xy, tokens_from_xy
 
 __all__ = [
     "MODELS",
     "DTYPES",
     "PATHS",
+    "SAMPLERS",
     "Curriculum",
     "TrainConfig",
     "config_to_dict",
@@ -128,6 +130,8 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 #: default), ``"gram"`` (:func:`lintrans.attention.predict` vmapped) and ``"tokens"`` (the
 #: token-by-token reference :func:`lintrans.attention.predict_tokens`). Same function, tested.
 PATHS = ("batched", "gram", "tokens")
+#: How training prompts are drawn (``TrainConfig.sampler``): as tokens, or as their Gram matrix.
+SAMPLERS = ("tokens", "wishart")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +194,11 @@ class TrainConfig:
       k_min: linear model; ``None`` trains at ``k = N`` only, an integer ``1..N`` draws
         ``k ~ Uniform{k_min..N}`` per prompt (zeroed demonstrations, see the module docstring).
       curriculum: ``None`` or a :class:`Curriculum`.
+      sampler: how training prompts are drawn. ``"tokens"``: the demonstrations themselves
+        (:func:`lintrans.tasks.sample_linear_xy`), ``O(N·d)`` per prompt. ``"wishart"`` (linear model,
+        ``mask="demos"``): only their Gram matrix, exactly in law and in ``O(d²)`` whatever N
+        (:mod:`lintrans.gram_sampler`); different draws from ``"tokens"``, and only the
+        ``"batched"`` path can read it.
     Optimisation:
       steps, batch_size, lr, warmup_steps, final_lr_frac, clip_norm: Adam with linear warm-up and
         cosine decay, global-norm clipping (``clip_norm = 0`` disables it).
@@ -212,6 +221,7 @@ class TrainConfig:
     noise_std: float = 0.0
     k_min: int | None = None
     curriculum: Curriculum | None = None
+    sampler: str = "tokens"
     steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-2
@@ -241,6 +251,11 @@ class TrainConfig:
             _pos_int("k_min", self.k_min)
             if self.k_min > self.n_demos:
                 raise ValueError(f"k_min must be <= n_demos={self.n_demos}, got {self.k_min}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.sampler == "wishart" and (self.model != "linear" or self.mask != "demos"):
+            raise ValueError("sampler='wishart' needs model='linear' and mask='demos' (the model must read "
+                             f"prompts only through their Gram matrix); got model={self.model!r}, mask={self.mask!r}")
         if self.curriculum is not None and not isinstance(self.curriculum, Curriculum):
             raise TypeError(f"curriculum must be a Curriculum or None, got {type(self.curriculum).__name__}")
         _pos_int("steps", self.steps)
@@ -420,10 +435,15 @@ class Batch(NamedTuple):
     """One training batch.
 
     Attributes:
-      H: ``(B, D, N+1)`` prompts; inactive coordinates / zeroed demonstrations are 0.
+      H: ``(B, D, N+1)`` prompts; inactive coordinates / zeroed demonstrations are 0. ``None``
+        with ``sampler="wishart"`` (no tokens are drawn).
       targets: linear ``(B,)`` query labels; softmax ``(B, N+1)`` labels of every ``x`` position.
       n_true: ``(B,)`` int, demonstrations each prompt really has (``None``: all N, no zeroing).
       d_active, n_active: scalars, the curriculum's active dimension and demonstration count.
+      gram: linear model ``(B, D, D)``, the demonstrations' Gram matrix ``S = H_s H_sᵀ`` (zeroed
+        demonstrations left out), computed from the draws (:func:`lintrans.batched.demo_gram`) so
+        that the fast path never needs the token array; softmax ``None``.
+      query: linear model ``(B, D)``, the query token ``[x_q; 0]``; softmax ``None``.
     """
 
     H: jax.Array
@@ -431,6 +451,8 @@ class Batch(NamedTuple):
     n_true: jax.Array | None
     d_active: jax.Array
     n_active: jax.Array
+    gram: jax.Array | None = None
+    query: jax.Array | None = None
 
 
 def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
@@ -442,98 +464,33 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
         cov_sqrt = jnp.diag((jnp.arange(d) < d_active).astype(config.jnp_dtype))
     else:
         d_active, n_active, cov_sqrt = jnp.asarray(d), jnp.asarray(N), None
-    batch = sample_linear(k_task, B, N, d, noise_std=config.noise_std, cov_sqrt=cov_sqrt, dtype=config.jnp_dtype)
-    H = batch.H
-    if config.model == "softmax":
-        targets = jnp.concatenate([H[:, -1, :N], batch.y_query[:, None]], axis=1)
-        return Batch(H, targets, None, d_active, n_active)
     n_true = None
-    if config.k_min is not None:
-        n_true = jax.random.randint(k_count, (B,), config.k_min, n_active + 1)
-    elif config.curriculum is not None:
-        n_true = jnp.broadcast_to(n_active, (B,))
+    if config.model == "linear":
+        if config.k_min is not None:
+            n_true = jax.random.randint(k_count, (B,), config.k_min, n_active + 1)
+        elif config.curriculum is not None:
+            n_true = jnp.broadcast_to(n_active, (B,))
+    if config.sampler == "wishart":
+        g = sample_linear_gram(k_task, B, N, d, n_true=n_true, noise_std=config.noise_std, cov_sqrt=cov_sqrt,
+                               dtype=config.jnp_dtype)
+        return Batch(None, g.y_query, n_true, d_active, n_active, g.gram, g.query)
+    X, y, _ = sample_linear_xy(k_task, B, N, d, noise_std=config.noise_std, cov_sqrt=cov_sqrt,
+                               dtype=config.jnp_dtype)
+    # Built lazily: XLA drops the token array when only the Gram matrix and the query are read
+    # (the linear model's batched path).
+    H = jax.vmap(tokens_from_xy)(X, y)
+    if config.model == "softmax":
+        targets = jnp.concatenate([H[:, -1, :N], y[:, -1:]], axis=1)
+        return Batch(H, targets, None, d_active, n_active)
+    keep = None
     if n_true is not None:
         keep = jnp.arange(N + 1)[None, :] < n_true[:, None]
         keep = keep.at[:, N].set(True)  # the query column
         H = H * keep[:, None, :].astype(H.dtype)
-    return Batch(H, batch.y_query, n_true, d_active, n_active)
-
-
-def linear_query_predict(params: LinearAttentionParams, H: jax.Array, n_true, *, mask: str, scale: str,
-                         readout: int, path: str = "gram") -> jax.Array:
-    """Query prediction of ONE prompt ``H (D, N+1)`` whose demonstrations after ``n_true`` are zero.
-
-    ``n_true = None``: all ``N`` are real. With ``scale="1/N"`` and ``n_true = k`` the demonstrations
-    are scaled by ``√(N/k)``, which equals ``s = 1/k`` exactly (module docstring). ``path="tokens"``:
-    :func:`lintrans.attention.predict_tokens`; otherwise :func:`lintrans.attention.predict`.
-    """
-    N = H.shape[1] - 1
-    if n_true is not None and scale == "1/N":
-        c = jnp.sqrt(N / n_true.astype(H.dtype))
-        H = H.at[:, :N].multiply(c)
-    fn = attention.predict_tokens if path == "tokens" else attention.predict
-    return fn(params, H, mask=mask, scale=scale, readout=readout)
-
-
-def linear_predict_batch(params: LinearAttentionParams, H: jax.Array, n_true=None, *, scale: str,
-                         readout: int) -> jax.Array:
-    """Query predictions of a whole batch, ``mask="demos"``: the T4 recursion on the demonstrations' Gram.
-
-    Under the ``demos`` mask every token moves by the same ``I + ΔW_t`` (SPEC §3, T3), so the
-    demonstration states' Gram matrix ``M_t = s H_s^t (H_s^t)ᵀ`` (``D × D``, the scale folded in)
-    and the query state ``q_t = h^t_{N+1}`` carry everything::
-
-        M_0 = s S = s H_s H_sᵀ,   q_0 = h_{N+1}
-        ΔW_t = W_V^t M_{t-1} (W_K^tᵀ W_Q^t)                       (paper Eq. 3 / T4)
-        q_t  = q_{t-1} + ΔW_t q_{t-1}
-        M_t  = (I + ΔW_t) M_{t-1} (I + ΔW_t)ᵀ = M + P + Pᵀ + P ΔW_tᵀ,   P = ΔW_t M_{t-1}
-        ŷ    = ρ · q_L[D-1]
-
-    Symbols → code: ``S`` → ``gram``, ``M_t`` → ``M``, ``W_K^tᵀ W_Q^t`` → ``kq``, ``ρ`` → ``readout``;
-    ``s = 1``, ``1/N`` or, with ``n_true = k`` (zeroed demonstrations), ``1/k`` per prompt.
-    Why not ``vmap(attention.predict)``: the same recursion, but written on the batch so that the
-    products with a layer's weights (``W_V M``, ``(W_V M) kq``) are single large matrix products
-    and only two ``D × D`` products per prompt and layer (``P``, ``P ΔWᵀ``) are batched, none in the
-    last layer, where only the label row ``e_yᵀ ΔW_L = (e_yᵀ W_V^L) M_{L-1} kq`` is needed;
-    measured about 3× faster for value-and-grad than ``vmap(attention.predict)`` at
-    ``L = 4, D = 21, B = 256`` on a CPU. Equal to
-    :func:`lintrans.attention.predict` and :func:`~lintrans.attention.predict_tokens` up to rounding
-    (tested in float64 at 1e-12).
-
-    Args:
-      params: ``L`` layers, arrays ``(L, D, D)``.
-      H: ``(B, D, N+1)`` prompts, query last.
-      n_true: ``None`` or ``(B,)`` demonstrations really present (the rest zero).
-      scale, readout: the model's options.
-
-    Returns:
-      ``(B,)`` predictions.
-    """
-    N = H.shape[2] - 1
-    H_s = H[:, :, :N]
-    if scale == "1":
-        s = jnp.ones((H.shape[0],), H.dtype)
-    elif n_true is None:
-        s = jnp.full((H.shape[0],), 1.0 / N, H.dtype)
-    else:
-        s = 1.0 / n_true.astype(H.dtype)
-    M = einsum("bdn,ben->bde", H_s, H_s) * s[:, None, None]
-    kq = einsum("lji,ljk->lik", params.w_k, params.w_q)  # W_K^tᵀ W_Q^t, all layers
-
-    def layer(carry, weights):
-        M, q = carry
-        kq_t, w_v = weights
-        dw = einsum("bik,kl->bil", einsum("ij,bjk->bik", w_v, M), kq_t)
-        q = q + einsum("bij,bj->bi", dw, q)
-        P = einsum("bij,bjk->bik", dw, M)
-        M = M + P + jnp.swapaxes(P, 1, 2) + einsum("bij,bkj->bik", P, dw)
-        return (M, q), None
-
-    (M, q), _ = jax.lax.scan(layer, (M, H[:, :, N]), (kq[:-1], params.w_v[:-1]))
-    # Last layer: only the label row of ΔW_L is read, e_yᵀΔW_L = (e_yᵀW_V) M kq, so no D×D
-    # product per prompt is needed.
-    row = einsum("bk,kl->bl", einsum("j,bjk->bk", params.w_v[-1, -1], M), kq[-1])
-    return readout * (q[:, -1] + jnp.sum(row * q, axis=1))
+        keep = keep[:, :N].astype(H.dtype)
+    gram = demo_gram(X[:, :N], y[:, :N], keep)
+    query = jnp.concatenate([X[:, N], jnp.zeros((B, 1), X.dtype)], axis=1)
+    return Batch(H, y[:, -1], n_true, d_active, n_active, gram, query)
 
 
 def batch_loss(config: TrainConfig, params, batch: Batch, path: str = "batched") -> jax.Array:
@@ -543,8 +500,16 @@ def batch_loss(config: TrainConfig, params, batch: Batch, path: str = "batched")
     if config.model == "linear":
         n_true = batch.n_true
         if path == "batched" and config.mask == "demos":
-            y_hat = linear_predict_batch(params, batch.H, n_true, scale=config.scale, readout=config.readout)
+            if batch.gram is None or batch.query is None:  # a batch built from tokens only
+                y_hat = linear_predict_batch(params, batch.H, n_true, scale=config.scale, readout=config.readout)
+            else:
+                s = attention_scale(config.scale, config.n_demos, n_true, batch.query.shape[0], batch.query.dtype)
+                y_hat = linear_predict_gram(params, batch.gram, batch.query, s, readout=config.readout)
             return jnp.mean((y_hat - batch.targets) ** 2) / batch.d_active
+
+        if batch.H is None:
+            raise ValueError(f"path={path!r} reads the prompt tokens, which sampler='wishart' does not draw; "
+                             "use path='batched'")
 
         def one(h, k):
             return linear_query_predict(params, h, k, mask=config.mask, scale=config.scale,
@@ -575,7 +540,8 @@ def make_loss(config: TrainConfig, path: str = "batched", mesh=None) -> Callable
         if mesh is not None:
             from lintrans.sharding import constrain_batch
 
-            batch = batch._replace(H=constrain_batch(batch.H, mesh), targets=constrain_batch(batch.targets, mesh))
+            batch = batch._replace(**{f: constrain_batch(getattr(batch, f), mesh)
+                                      for f in ("H", "targets", "gram", "query") if getattr(batch, f) is not None})
         return batch_loss(config, params, batch, path)
 
     return loss
