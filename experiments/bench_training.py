@@ -8,6 +8,9 @@ global-norm clipping and the Adam update; warmed up first, median of the repeats
 * ``library`` — :func:`lintrans.train.make_train_step`, the step the training loop runs: the loss
   goes through :func:`lintrans.attention.predict` (one Gram matrix ``S = H_s H_sᵀ``, then ``O(D³)``
   per layer whatever N is; the prediction is the label row of ``(I + W_L) h_q``).
+* ``library_wishart`` — the library's step with ``sampler="wishart"``: the prompts drawn as their
+  sufficient statistic (the demonstrations' Gram matrix, exact Bartlett draws,
+  :mod:`lintrans.gram_sampler`), ``O(d²)`` per prompt instead of ``O(N·d)``; same law, other draws.
 * ``tokens`` — the same step with ``path="tokens"``: the library's ΔW form on every token,
   :func:`lintrans.attention.predict_tokens` (``O(N·D²)`` per layer).
 * ``naive`` — the same loss through the explicit ``(N+1)×(N+1)`` attention matrix
@@ -16,8 +19,9 @@ global-norm clipping and the Adam update; warmed up first, median of the repeats
 * ``library_no_sampling``, ``naive_no_sampling`` — both steps on a fixed batch (no sampling): the
   gap between the two algorithms without the sampling cost they share (``speedup_vs_naive`` of
   ``library_no_sampling`` is against ``naive_no_sampling``).
-* ``sampling`` — :func:`lintrans.train.sample_batch` alone (``B·(N+1)·d`` normals and the labels),
-  at each N and at a larger one.
+* ``sampling_tokens``, ``sampling_wishart`` — :func:`lintrans.train.sample_batch` alone, the
+  arrays the step reads (Gram matrix, query, labels): ``B·(N+1)·d`` normals and ``B·D²·N`` for the
+  Gram matrix, or ``O(B·D²)`` Bartlett draws; at each N and at a larger one.
 
 Targets (issue 3): ``library`` ≥ 4× ``naive`` at N = 40 and ≥ 40× at N = 400 (L = 4, d = 20,
 batch 256). After timing, the section records the relative difference between the library loss
@@ -28,13 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from _bench_util import per_second, time_jitted
+from _bench_util import Timing, per_second, time_jitted
 from bench_core import naive_predict
 from lintrans.numerics import rel_err
 from lintrans.train import (
@@ -58,14 +64,17 @@ class TrainingSizes:
     batch: int = 256
     sampling_n_demos: tuple[int, ...] = (40, 400, 4000)  # sampling alone, up to where it dominates
     targets: tuple[float | None, ...] = (4.0, 40.0)  # library / naive speed-up targets at each n_demos
-    impls: tuple[str, ...] = ("library", "tokens", "naive", "library_no_sampling", "naive_no_sampling")
+    impls: tuple[str, ...] = ("library", "library_wishart", "tokens", "naive", "library_no_sampling",
+                              "naive_no_sampling")
 
 
 FULL = TrainingSizes()
 # CI smoke: compile-bound, so only the two steps the targets compare; no targets at toy sizes.
 SMALL = TrainingSizes(d_in=3, n_demos=(6,), n_layers=2, batch=8, sampling_n_demos=(6,), targets=(None,),
-                      impls=("library", "naive"))
-MAX_SECONDS = 20.0  # stop repeating a measurement after this many seconds (at least 3 repeats)
+                      impls=("library", "library_wishart", "naive"))
+MAX_SECONDS = 20.0  # per measurement, over all rounds (at least 3 repeats per round)
+ROUNDS = 3  # round-robin passes over the implementations (see _interleaved)
+MIN_REPEATS = 10  # timed calls per round at least: the steps take milliseconds
 
 
 def _config(sizes: TrainingSizes, n_demos: int) -> TrainConfig:
@@ -110,52 +119,95 @@ def _no_sampling_step(config: TrainConfig, naive: bool = False):
     return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))
 
 
+def _interleaved(calls: dict, rounds: int, repeats: int, progress) -> dict[str, Timing]:
+    """Time every ``(fn, args)`` of ``calls`` in ``rounds`` round-robin passes and pool the repeats.
+
+    Everything is compiled and kept alive first, then measured in turns, so a slow spell of the
+    machine (or of the process: on this CPU a program's speed moved by up to 2× with what had been
+    allocated and freed before it) falls on every implementation alike instead of on whichever
+    happened to run then.
+    """
+    first = {}
+    for key, (fn, args) in calls.items():
+        progress.update(0, info=f"training: compile {key}")
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        first[key] = time.perf_counter() - start
+    pooled = {key: [] for key in calls}
+    recompiled = {key: False for key in calls}
+    for r in range(rounds):
+        for key, (fn, args) in calls.items():
+            progress.update(0, info=f"training: round {r + 1}/{rounds} {key}")
+            t = time_jitted(fn, *args, repeats=repeats, max_seconds=MAX_SECONDS / rounds)
+            pooled[key].extend(t.times_s)
+            recompiled[key] = recompiled[key] or bool(t.recompiled)
+    out = {}
+    for key, times in pooled.items():
+        out[key] = Timing(first_call_s=first[key], median_s=statistics.median(times), min_s=min(times),
+                          max_s=max(times), times_s=tuple(times), repeats=len(times), number=1,
+                          recompiled=recompiled[key])
+    return out
+
+
 def run(config, progress) -> dict[str, Any]:
     """The ``training`` section. ``config``: the harness Config (``small``, ``repeats``, ``seed``)."""
     sizes = SMALL if config.small else FULL
     rows, agreement, speedups = [], [], []
-    for N, target in zip(sizes.n_demos, sizes.targets):
+    calls, configs = {}, {}
+    for N in sizes.n_demos:
         tc = dataclasses.replace(_config(sizes, N), seed=config.seed)
+        configs[N] = tc
         state = init_state(tc)
         keys = seed_keys(tc)[1]
         step = jnp.int32(1)
         bad = jnp.full((1, 2), -1, jnp.int32)
-        batch = jax.jit(lambda k: sample_batch(tc, jax.random.fold_in(k, 1), 1))(keys[0])
-        calls = {
+        # Without sampling both steps read the same token array (the library computes the Gram
+        # matrix from it inside the step, as the naive step computes its attention matrices).
+        batch = jax.jit(lambda k, tc=tc: sample_batch(tc, jax.random.fold_in(k, 1), 1))(keys[0])
+        batch = batch._replace(gram=None, query=None)
+        every = {
             "library": (make_train_step(tc), (state.params, state.opt_state, keys, step, bad)),
+            "library_wishart": (make_train_step(dataclasses.replace(tc, sampler="wishart")),
+                                (state.params, state.opt_state, keys, step, bad)),
             "tokens": (make_train_step(tc, "tokens"), (state.params, state.opt_state, keys, step, bad)),
             "naive": (naive_train_step(tc), (state.params, state.opt_state, keys, step)),
             "library_no_sampling": (_no_sampling_step(tc), (state.params, state.opt_state, batch)),
             "naive_no_sampling": (_no_sampling_step(tc, naive=True), (state.params, state.opt_state, batch)),
         }
-        timings = {}
         for impl in sizes.impls:
-            fn, args = calls[impl]
-            progress.update(0, info=f"training N={N} {impl}")
-            timings[impl] = time_jitted(fn, *args, repeats=config.repeats, max_seconds=MAX_SECONDS)
+            calls[(N, impl)] = every[impl]
         p0 = jax.tree_util.tree_map(lambda x: x[0], state.params)
-        lib = jax.jit(lambda p: batch_loss(tc, p, batch))(p0)
-        nai = jax.jit(lambda p: naive_loss(tc, p, batch))(p0)
+        lib = jax.jit(lambda p, tc=tc, batch=batch: batch_loss(tc, p, batch))(p0)
+        nai = jax.jit(lambda p, tc=tc, batch=batch: naive_loss(tc, p, batch))(p0)
         agreement.append({"N": N, "library_vs_naive_loss_rel_err": float(rel_err(lib, nai)),
                           "loss": float(lib), "finite": bool(jnp.isfinite(lib) & jnp.isfinite(nai))})
-        for impl, t in timings.items():
+    for N in sizes.sampling_n_demos:
+        for sampler in ("tokens", "wishart"):
+            tc = dataclasses.replace(_config(sizes, N), sampler=sampler)
+            # what the training step reads: the Gram matrix, the query and the labels
+            fn = jax.jit(lambda k, tc=tc: (lambda b: (b.gram, b.query, b.targets))(
+                sample_batch(tc, jax.random.fold_in(k, 1), 1)))
+            calls[(N, f"sampling_{sampler}")] = (fn, (jax.random.PRNGKey(config.seed),))
+    timings = _interleaved(calls, ROUNDS, max(config.repeats, MIN_REPEATS), progress)
+    for N, target in zip(sizes.n_demos, sizes.targets):
+        mine = {impl: t for (n, impl), t in timings.items() if n == N and not impl.startswith("sampling")}
+        for impl, t in mine.items():
             ref = "naive_no_sampling" if impl == "library_no_sampling" else "naive"
-            speedup = timings[ref].median_s / t.median_s if not impl.startswith("naive") and ref in timings else None
+            speedup = mine[ref].median_s / t.median_s if not impl.startswith("naive") and ref in mine else None
             rows.append({"N": N, "impl": impl, "steps_per_s": per_second(1, t),
                          "prompts_per_s": per_second(sizes.batch, t), "median_s": t.median_s,
                          "speedup_vs_naive": speedup, "first_call_s": t.first_call_s,
                          "recompiled": t.recompiled, "timing": t.as_dict()})
-        s = timings["naive"].median_s / timings["library"].median_s
-        speedups.append({"N": N, "library_over_naive": s, "target": target,
-                         "target_met": None if target is None else s >= target})
-    for N in sizes.sampling_n_demos:
-        tc = _config(sizes, N)
-        progress.update(0, info=f"training: sampling N={N}")
-        fn = jax.jit(lambda k, tc=tc: sample_batch(tc, jax.random.fold_in(k, 1), 1).H)
-        t = time_jitted(fn, jax.random.PRNGKey(config.seed), repeats=config.repeats, max_seconds=MAX_SECONDS)
-        rows.append({"N": N, "impl": "sampling", "steps_per_s": per_second(1, t),
-                     "prompts_per_s": per_second(sizes.batch, t), "median_s": t.median_s, "speedup_vs_naive": None,
-                     "first_call_s": t.first_call_s, "recompiled": t.recompiled, "timing": t.as_dict()})
+        for impl in ("library", "library_wishart"):
+            if impl in mine:
+                ratio = mine["naive"].median_s / mine[impl].median_s
+                speedups.append({"N": N, "impl": impl, "over_naive": ratio, "target": target,
+                                 "target_met": None if target is None else ratio >= target})
+    for (N, impl), t in timings.items():
+        if impl.startswith("sampling"):
+            rows.append({"N": N, "impl": impl, "steps_per_s": per_second(1, t),
+                         "prompts_per_s": per_second(sizes.batch, t), "median_s": t.median_s, "speedup_vs_naive": None,
+                         "first_call_s": t.first_call_s, "recompiled": t.recompiled, "timing": t.as_dict()})
     return {
         "sizes": dataclasses.asdict(sizes),
         "dtype": "float32",
@@ -165,7 +217,7 @@ def run(config, progress) -> dict[str, Any]:
         "speedups": speedups,
         "agreement": agreement,
         "columns": ["N", "impl", "steps_per_s", "prompts_per_s", "median_s", "speedup_vs_naive", "first_call_s"],
-        "notes": "; ".join(f"N={s['N']}: library/naive {s['library_over_naive']:.1f}x" + (
+        "notes": "; ".join(f"N={s['N']}: {s['impl']}/naive {s['over_naive']:.1f}x" + (
             "" if s["target"] is None else
             f" (target {s['target']:g}x, {'met' if s['target_met'] else 'NOT met'})") for s in speedups),
     }

@@ -70,6 +70,7 @@ from lintrans.params import LinearAttentionParams
 from lintrans.tasks import sample_linear
 from lintrans.train import (
     MODELS,
+    SAMPLERS,
     Curriculum,
     TrainConfig,
     predict_query,
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=d.n_heads, help="softmax: attention heads")
     p.add_argument("--mlp-width", type=int, default=d.mlp_width, help="softmax: MLP hidden width")
     p.add_argument("--noise-std", type=float, default=d.noise_std)
+    p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
+                   help="training prompts as tokens, or (linear, demos mask) as exact Wishart draws of their "
+                        "Gram matrix: O(d²) per prompt whatever N, different draws")
     p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     c = Config()
     p.add_argument("--test-prompts", type=int, default=c.test_prompts)
@@ -293,7 +297,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     tc = TrainConfig(
         model=args.model, d_in=args.d_in, n_demos=args.n_demos, n_layers=args.layers, mask=args.mask,
         scale=args.scale, readout=args.readout, init_std=args.init_std, width=args.width, n_heads=args.heads,
-        mlp_width=args.mlp_width, noise_std=args.noise_std, k_min=args.k_min,
+        mlp_width=args.mlp_width, noise_std=args.noise_std, k_min=args.k_min, sampler=args.sampler,
         curriculum=_parse_curriculum(args.curriculum), steps=args.steps, batch_size=args.batch, lr=args.lr,
         warmup_steps=args.warmup, final_lr_frac=args.final_lr_frac, clip_norm=args.clip, seed=args.seed,
         seeds=args.seeds, dtype=args.dtype, checkpoint_every=args.checkpoint_every, log_every=args.log_every)

@@ -45,6 +45,20 @@ def test_small_run_writes_results(bench, tmp_path, capsys):
             assert r["prompts_per_s"] > 0 and r["median_s"] > 0
             assert r["recompiled"] is False, f"{r['impl']} recompiled inside the timed loop"
             assert r["timing"]["repeats"] == 2
+    training = res["sections"]["training"]
+    impls = set(training["sizes"]["impls"])
+    assert {"library", "library_wishart", "naive"} <= impls
+    for N in training["sizes"]["n_demos"]:
+        rows = {r["impl"]: r for r in training["rows"] if r["N"] == N}
+        assert impls | {"sampling_tokens", "sampling_wishart"} <= set(rows)
+        for r in rows.values():
+            assert r["median_s"] > 0 and r["recompiled"] is False, f"training {r['impl']}: timing"
+        # interleaved rounds pool every round's repeats (at least the harness's repeats per round)
+        assert rows["library"]["timing"]["repeats"] >= 3 * 2
+    assert {(s["N"], s["impl"]) for s in training["speedups"]} == {
+        (N, i) for N in training["sizes"]["n_demos"] for i in ("library", "library_wishart")}
+    for a in training["agreement"]:
+        assert a["finite"] and a["library_vs_naive_loss_rel_err"] < 1e-5
     for a in core["agreement"]:
         # float32 end to end: the fast path, the ΔW form and the attention matrix give one function
         assert a["all_finite"]
