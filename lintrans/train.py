@@ -11,6 +11,8 @@ Two models behind one loop, chosen by ``TrainConfig.model``:
   :func:`lintrans.attention.predict`; ``path="tokens"`` runs the token-by-token forward pass
   :func:`lintrans.attention.predict_tokens`, the straightforward reference the fast one is tested
   against (loss and gradients, float64, rtol 1e-12). The causal mask always takes the token path.
+  The sampled batch carries the Gram matrix computed from the draws (:mod:`lintrans.batched`), or,
+  with ``sampler="wishart"``, drawn directly in ``O(d²)`` (:mod:`lintrans.gram_sampler`).
 * ``"softmax"``: the GPT-2-style transformer of :mod:`lintrans.transformer` on Garg et al.'s
   interleaved ``x, y`` tokens with a causal mask. Its loss is Garg's: the mean of
   ``(ŷ_j − y_j)² / d`` over **every** ``x`` position ``j = 0..N`` (position ``j`` has seen ``j``
