@@ -31,6 +31,10 @@ from lintrans.train import TrainConfig, init_state, make_train_step, seed_keys
 from lintrans.trajectory import first_nonfinite, trajectory
 
 FULL = {"batches": (256, 4096, 65536), "sweep_prompts": 4096, "sweep_layers": 12, "check_prompts": 1024}
+# Untimed calls after the compiling one, and timed calls at least: on a CPU the first calls of a
+# freshly compiled step ran up to 2× slower than the later ones (memory not yet reused).
+WARMUP = 3
+MIN_REPEATS = 10
 SMALL = {"batches": (64, 256, 1024), "sweep_prompts": 256, "sweep_layers": 4, "check_prompts": 64}
 
 
@@ -45,7 +49,8 @@ def _train_rows(sizes, config, mesh, progress) -> list[dict]:
         step_fn = make_train_step(tc, mesh=mesh)
         args = replicate((state.params, state.opt_state, data_keys, jnp.asarray(1, jnp.int32),
                           -jnp.ones((1, 2), jnp.int32)), mesh)
-        timing = bu.time_jitted(step_fn, *args, repeats=config.repeats, max_seconds=20.0)
+        timing = bu.time_jitted(step_fn, *args, repeats=max(config.repeats, MIN_REPEATS), warmup=WARMUP,
+                                max_seconds=20.0)
         rows.append({
             "measurement": f"train step, batch {batch}",
             "steps_per_s": 1.0 / timing.median_s,
@@ -84,7 +89,7 @@ def run(config, progress) -> dict:
     params32 = init_params(k_w, L, 21, 0.05, jnp.float32)
     H32 = shard_batch(random_prompts(k_h, n, 40, 20, dtype=jnp.float32), mesh)
     sweep = jax.jit(jax.vmap(lambda h: trajectory(params32, h)))
-    timing = bu.time_jitted(sweep, H32, repeats=config.repeats, max_seconds=20.0)
+    timing = bu.time_jitted(sweep, H32, repeats=max(config.repeats, MIN_REPEATS), warmup=WARMUP, max_seconds=20.0)
     rows.append({
         "measurement": f"trajectory sweep, L={L}, {n} prompts",
         "steps_per_s": None,
