@@ -149,3 +149,20 @@ def test_wishart_sampler_errors():
     p = jax.tree_util.tree_map(lambda a: a[0], init_state(cfg).params)
     with pytest.raises(ValueError, match="sampler='wishart' does not draw"):
         batch_loss(cfg, p, batch, path="tokens")
+
+
+def test_wishart_batch_with_curriculum_and_variable_k():
+    # Curriculum: inactive input coordinates are zero, so their rows and columns of S vanish;
+    # zeroed demonstrations: rank S ≤ k (noiseless: min(k, d_active)).
+    from lintrans.train import Curriculum
+
+    cfg = TrainConfig(model="linear", d_in=5, n_demos=8, n_layers=1, batch_size=64, k_min=1, sampler="wishart",
+                      curriculum=Curriculum(d_start=3, d_step=1, n_start=4, n_step=2, every=10), dtype="float64")
+    batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(jax.random.PRNGKey(5))
+    assert int(batch.d_active) == 3 and int(batch.n_active) == 4
+    S, k = np.asarray(batch.gram), np.asarray(batch.n_true)
+    assert k.min() >= 1 and k.max() <= 4, "k ~ U{k_min..n_active}"
+    np.testing.assert_array_equal(S[:, 3:5, :], 0.0, err_msg="inactive coordinates: rows of S are 0")
+    np.testing.assert_array_equal(np.asarray(batch.query)[:, 3:], 0.0, err_msg="inactive query coordinates are 0")
+    ranks = np.array([np.linalg.matrix_rank(s, tol=1e-10 * np.abs(s).max()) for s in S])
+    np.testing.assert_array_equal(ranks, np.minimum(k, 3), err_msg="rank S = min(k, d_active), noiseless")

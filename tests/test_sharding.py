@@ -92,9 +92,10 @@ def test_single_device_mesh_and_errors():
         shard_batch(jnp.ones(()), mesh)
 
 
-def test_sharded_training_step_equals_single_device():
+@pytest.mark.parametrize("sampler", ["tokens", "wishart"])
+def test_sharded_training_step_equals_single_device(sampler):
     out = _run_simulated(
-        """
+        f"""
         import json, jax, jax.numpy as jnp
         jax.config.update("jax_enable_x64", True)
         from lintrans.numerics import rel_err
@@ -102,7 +103,7 @@ def test_sharded_training_step_equals_single_device():
         from lintrans.train import TrainConfig, init_state, make_train_step, seed_keys
         mesh = make_mesh()
         config = TrainConfig(model="linear", n_layers=2, d_in=4, n_demos=8, batch_size=64, steps=100,
-                             warmup_steps=5, dtype="float64", seeds=2)
+                             warmup_steps=5, dtype="float64", seeds=2, sampler={sampler!r})
         state = init_state(config)
         _, data_keys = seed_keys(config)
         bad = -jnp.ones((2, 2), jnp.int32)
@@ -116,11 +117,11 @@ def test_sharded_training_step_equals_single_device():
         hlo = make_train_step(config, mesh=mesh).lower(
             state.params, state.opt_state, data_keys, jnp.asarray(1, jnp.int32), bad).compile().as_text()
         leaves = zip(jax.tree_util.tree_leaves(finals[0]), jax.tree_util.tree_leaves(finals[1]))
-        print(json.dumps({
+        print(json.dumps({{
             "max_rel_err": max(float(rel_err(a, b)) for a, b in leaves),
             "all_reduce": "all-reduce" in hlo,
             "params_replicated": bool(finals[1][0].w_k.sharding.is_fully_replicated),
-        }))
+        }}))
         """
     )
     # Three Adam steps on a batch split 4 ways vs one device: same numbers up to summation order.
