@@ -21,7 +21,7 @@ import numpy as np
 from lintrans.io import load_npz, require_float_array
 from lintrans.numerics import einsum
 
-__all__ = ["RegressionBatch", "sample_linear", "sample_linear_xy", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
+__all__ = ["RegressionBatch", "LinearDraws", "sample_linear", "sample_linear_xy", "sample_linear_split", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
 
 
 class RegressionBatch(NamedTuple):
@@ -49,24 +49,22 @@ def split_prompt(H: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return H[:-1, :-1].T, H[-1, :-1], H[:-1, -1]
 
 
-def sample_linear_xy(
-    key: jax.Array,
-    n_prompts: int,
-    n_demos: int,
-    d_in: int,
-    *,
-    noise_std: float = 0.0,
-    sparsity: int | None = None,
-    cov_sqrt: jax.Array | None = None,
-    dtype=jnp.float32,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The draws of :func:`sample_linear` before they are laid out as tokens.
+def _standard_normal_parts(key: jax.Array, n_prompts: int, n_demos: int, d_in: int, dtype):
+    """``jax.random.normal(key, (B, N+1, d))`` split into demonstrations ``(B, N, d)`` and query ``(B, d)``.
 
-    Returns ``X (B, N+1, d)`` (query last), ``y (B, N+1)`` (the query's true label included) and
-    ``w (B, d)``; ``sample_linear`` with the same arguments gives ``H = [Xᵀ; yᵀ]`` per prompt with
-    the query label zeroed. For consumers that need only statistics of the demonstrations (the
-    Gram matrix ``S = H_s H_sᵀ``), this skips the ``(B, D, N+1)`` token array.
+    The same transform as ``jax.random.normal`` (``√2 · erfinv(u)``, ``u`` uniform on
+    ``(−1, 1)``; bitwise equal in jax 0.10 and 0.11), applied to the two slices of ``u`` separately:
+    when one normal array feeds both a Gram product and a slice, XLA materialises two intermediate
+    arrays of the transform and computes it twice, which doubled the sampling time at N = 400.
     """
+    lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
+    u = jax.random.uniform(key, (n_prompts, n_demos + 1, d_in), dtype, lo, np.array(1.0, dtype))
+    sqrt2 = np.array(np.sqrt(2.0), dtype)
+    return sqrt2 * jax.lax.erf_inv(u[:, :n_demos]), sqrt2 * jax.lax.erf_inv(u[:, n_demos])
+
+
+def _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype):
+    """Validate the sampler arguments; draw ``w``; return ``(k_x, k_noise, w)``."""
     for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -83,15 +81,87 @@ def sample_linear_xy(
         u = jax.random.uniform(k_support, (n_prompts, d_in))
         ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
         w = jnp.where(ranks < sparsity, w, 0.0)
-    X = jax.random.normal(k_x, (n_prompts, n_demos + 1, d_in), dtype)
+    return k_x, k_noise, w
+
+
+def _draws_noise(noise_std) -> bool:
+    # A Python 0 skips the draw (a third of a training step at N = 400); the noise key is its own
+    # branch, so w and X are the same either way. A traced noise_std always draws.
+    return not (isinstance(noise_std, (int, float)) and noise_std == 0)
+
+
+def sample_linear_xy(
+    key: jax.Array,
+    n_prompts: int,
+    n_demos: int,
+    d_in: int,
+    *,
+    noise_std: float = 0.0,
+    sparsity: int | None = None,
+    cov_sqrt: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The draws of :func:`sample_linear` before they are laid out as tokens.
+
+    Returns ``X (B, N+1, d)`` (query last), ``y (B, N+1)`` (the query's true label included) and
+    ``w (B, d)``; ``sample_linear`` with the same arguments gives ``H = [Xᵀ; yᵀ]`` per prompt with
+    the query label zeroed. :func:`sample_linear_split` returns the same draws split into
+    demonstrations and query.
+    """
+    k_x, k_noise, w = _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype)
+    X_s, x_q = _standard_normal_parts(k_x, n_prompts, n_demos, d_in, dtype)
+    X = jnp.concatenate([X_s, x_q[:, None, :]], axis=1)
     if cov_sqrt is not None:
         X = einsum("bnj,ij->bni", X, jnp.asarray(cov_sqrt, dtype))
     y = einsum("bnd,bd->bn", X, w)
-    # A Python 0 skips the draw (a third of a training step at N = 400); the noise key is its own
-    # branch, so w and X are the same either way. A traced noise_std always draws.
-    if not (isinstance(noise_std, (int, float)) and noise_std == 0):
+    if _draws_noise(noise_std):
         y = y + noise_std * jax.random.normal(k_noise, (n_prompts, n_demos + 1), dtype)
     return X, y, w
+
+
+class LinearDraws(NamedTuple):
+    """The draws of :func:`sample_linear`, demonstrations and query apart.
+
+    Attributes:
+      X_s: ``(B, N, d)`` demonstration inputs; y_s: ``(B, N)`` their labels.
+      x_q: ``(B, d)`` query input; y_q: ``(B,)`` its true label.
+      w: ``(B, d)`` task vectors.
+    """
+
+    X_s: jax.Array
+    y_s: jax.Array
+    x_q: jax.Array
+    y_q: jax.Array
+    w: jax.Array
+
+
+def sample_linear_split(
+    key: jax.Array,
+    n_prompts: int,
+    n_demos: int,
+    d_in: int,
+    *,
+    noise_std: float = 0.0,
+    sparsity: int | None = None,
+    cov_sqrt: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> LinearDraws:
+    """:func:`sample_linear_xy`'s draws, split into demonstrations and query (the training sampler).
+
+    ``X``, ``w`` and the noise are bitwise those of :func:`sample_linear_xy` with the same
+    arguments; the labels equal its labels up to rounding (each computed on its own part). No
+    ``(B, N+1, d)`` array is built, which is what a consumer of the Gram matrix wants.
+    """
+    k_x, k_noise, w = _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype)
+    X_s, x_q = _standard_normal_parts(k_x, n_prompts, n_demos, d_in, dtype)
+    if cov_sqrt is not None:
+        c = jnp.asarray(cov_sqrt, dtype)
+        X_s, x_q = einsum("bnj,ij->bni", X_s, c), einsum("bj,ij->bi", x_q, c)
+    y_s, y_q = einsum("bnd,bd->bn", X_s, w), einsum("bd,bd->b", x_q, w)
+    if _draws_noise(noise_std):
+        eps = jax.random.normal(k_noise, (n_prompts, n_demos + 1), dtype)
+        y_s, y_q = y_s + noise_std * eps[:, :n_demos], y_q + noise_std * eps[:, n_demos]
+    return LinearDraws(X_s, y_s, x_q, y_q, w)
 
 
 def sample_linear(

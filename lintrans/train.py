@@ -88,7 +88,7 @@ from lintrans.experiment import Progress
 from lintrans.params import init_params
 from lintrans.batched import attention_scale, demo_gram, linear_predict_batch, linear_predict_gram, linear_query_predict
 from lintrans.gram_sampler import sample_linear_gram
-from lintrans.tasks import sample_linear_xy, tokens_from_xy
+from lintrans.tasks import sample_linear_split, tokens_from_xy
 from lintrans.train_config import (
     DTYPES,
     MODELS,
@@ -283,13 +283,15 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
         g = sample_linear_gram(k_task, B, N, d, n_true=n_true, noise_std=config.noise_std, cov_sqrt=cov_sqrt,
                                dtype=config.jnp_dtype)
         return Batch(None, g.y_query, n_true, d_active, n_active, g.gram, g.query)
-    X, y, _ = sample_linear_xy(k_task, B, N, d, noise_std=config.noise_std, cov_sqrt=cov_sqrt,
-                               dtype=config.jnp_dtype)
+    draws = sample_linear_split(k_task, B, N, d, noise_std=config.noise_std, cov_sqrt=cov_sqrt,
+                                dtype=config.jnp_dtype)
     # Built lazily: XLA drops the token array when only the Gram matrix and the query are read
     # (the linear model's batched path).
+    X = jnp.concatenate([draws.X_s, draws.x_q[:, None, :]], axis=1)
+    y = jnp.concatenate([draws.y_s, draws.y_q[:, None]], axis=1)
     H = jax.vmap(tokens_from_xy)(X, y)
     if config.model == "softmax":
-        targets = jnp.concatenate([H[:, -1, :N], y[:, -1:]], axis=1)
+        targets = jnp.concatenate([draws.y_s, draws.y_q[:, None]], axis=1)
         return Batch(H, targets, None, d_active, n_active)
     keep = None
     if n_true is not None:
@@ -297,9 +299,9 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
         keep = keep.at[:, N].set(True)  # the query column
         H = H * keep[:, None, :].astype(H.dtype)
         keep = keep[:, :N].astype(H.dtype)
-    gram = demo_gram(X[:, :N], y[:, :N], keep)
-    query = jnp.concatenate([X[:, N], jnp.zeros((B, 1), X.dtype)], axis=1)
-    return Batch(H, y[:, -1], n_true, d_active, n_active, gram, query)
+    gram = demo_gram(draws.X_s, draws.y_s, keep)
+    query = jnp.concatenate([draws.x_q, jnp.zeros((B, 1), draws.x_q.dtype)], axis=1)
+    return Batch(H, draws.y_q, n_true, d_active, n_active, gram, query)
 
 
 def batch_loss(config: TrainConfig, params, batch: Batch, path: str = "batched") -> jax.Array:
