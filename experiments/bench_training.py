@@ -123,8 +123,8 @@ def _interleaved(calls: dict, rounds: int, repeats: int, progress) -> dict[str, 
     """Time every ``(fn, args)`` of ``calls`` in ``rounds`` round-robin passes and pool the repeats.
 
     Everything is compiled and kept alive first, then measured in turns, so a slow spell of the
-    machine (or of the process: on this CPU a program's speed moved by up to 2× with what had been
-    allocated and freed before it) falls on every implementation alike instead of on whichever
+    machine (or of the process: on this CPU the same compiled step took 10 ms or 23 ms depending on
+    what the process had run before it) falls on every implementation alike instead of on whichever
     happened to run then.
     """
     first = {}

@@ -18,9 +18,6 @@ from lintrans import attention
 from lintrans.numerics import einsum
 from lintrans.params import LinearAttentionParams
 
-#: ``lax.scan`` unroll factor over layers (1 = rolled). Set before tracing.
-UNROLL = 1
-
 __all__ = ["demo_gram", "attention_scale", "linear_query_predict", "linear_predict_batch", "linear_predict_gram"]
 
 
@@ -32,8 +29,7 @@ def demo_gram(X_s: jax.Array, y_s: jax.Array, keep: jax.Array | None = None) -> 
 
     Equal to ``H_s H_sᵀ`` of the token array ``H_s = [X_sᵀ; y_sᵀ]`` (zeroed columns removed) up to
     summation order, computed block by block (``XᵀX``, ``Xᵀy``, ``yᵀy``) from the sampler's
-    ``(B, N, d)`` layout, so the ``(B, D, N)`` token array is never built: at ``N = 400`` building it
-    cost about as much as the whole forward and backward pass.
+    ``(B, N, d)`` layout, so the ``(B, D, N)`` token array is never built.
 
     Args:
       X_s: ``(B, N, d_in)`` demonstration inputs.
@@ -153,7 +149,7 @@ def linear_predict_gram(params: LinearAttentionParams, gram: jax.Array, query: j
         M = M + P + jnp.swapaxes(P, 1, 2) + einsum("bij,bkj->bik", P, dw)
         return (M, q), None
 
-    (M, q), _ = jax.lax.scan(layer, (M, query), (kq[:-1], params.w_v[:-1]), unroll=UNROLL)
+    (M, q), _ = jax.lax.scan(layer, (M, query), (kq[:-1], params.w_v[:-1]))
     # Last layer: only the label row of ΔW_L is read, e_yᵀΔW_L = (e_yᵀW_V) M kq, so no D×D
     # product per prompt is needed.
     row = einsum("bk,kl->bl", einsum("j,bjk->bk", params.w_v[-1, -1], M), kq[-1])

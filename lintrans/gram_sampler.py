@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans.numerics import einsum
+from lintrans.tasks import check_task_args
 
 __all__ = ["GramBatch", "sample_linear_gram"]
 
@@ -81,13 +82,7 @@ def sample_linear_gram(
     Returns:
       :class:`GramBatch` with ``gram (B, D, D)``, ``query (B, D)``, ``y_query (B,)``, ``w (B, d)``.
     """
-    for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(noise_std, (int, float)) and not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
-    if cov_sqrt is not None and tuple(np.shape(cov_sqrt)) != (d_in, d_in):
-        raise ValueError(f"cov_sqrt must have shape ({d_in}, {d_in}), got {np.shape(cov_sqrt)}")
+    check_task_args(n_prompts, n_demos, d_in, noise_std=noise_std, cov_sqrt=cov_sqrt)
     if n_true is not None and tuple(np.shape(n_true)) != (n_prompts,):
         raise ValueError(f"n_true must be None or have shape ({n_prompts},), got {np.shape(n_true)}")
     if w is not None and tuple(np.shape(w)) != (n_prompts, d_in):

@@ -63,8 +63,12 @@ def _standard_normal_parts(key: jax.Array, n_prompts: int, n_demos: int, d_in: i
     return sqrt2 * jax.lax.erf_inv(u[:, :n_demos]), sqrt2 * jax.lax.erf_inv(u[:, n_demos])
 
 
-def _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype):
-    """Validate the sampler arguments; draw ``w``; return ``(k_x, k_noise, w)``."""
+def check_task_args(n_prompts, n_demos, d_in, *, noise_std=0.0, sparsity=None, cov_sqrt=None) -> None:
+    """``ValueError`` naming the argument unless the regression task's arguments are in range.
+
+    Shared by every regression sampler (:func:`sample_linear_split` and its views,
+    :func:`lintrans.gram_sampler.sample_linear_gram`).
+    """
     for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -74,49 +78,6 @@ def _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype):
         raise ValueError(f"sparsity must be None or an integer in 1..d_in={d_in}, got {sparsity!r}")
     if cov_sqrt is not None and tuple(np.shape(cov_sqrt)) != (d_in, d_in):
         raise ValueError(f"cov_sqrt must have shape ({d_in}, {d_in}), got {np.shape(cov_sqrt)}")
-    k_w, k_x, k_noise, k_support = jax.random.split(key, 4)
-    w = jax.random.normal(k_w, (n_prompts, d_in), dtype)
-    if sparsity is not None:
-        # k coordinates uniformly at random: the k smallest of d i.i.d. uniforms.
-        u = jax.random.uniform(k_support, (n_prompts, d_in))
-        ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
-        w = jnp.where(ranks < sparsity, w, 0.0)
-    return k_x, k_noise, w
-
-
-def _draws_noise(noise_std) -> bool:
-    # A Python 0 skips the draw (a third of a training step at N = 400); the noise key is its own
-    # branch, so w and X are the same either way. A traced noise_std always draws.
-    return not (isinstance(noise_std, (int, float)) and noise_std == 0)
-
-
-def sample_linear_xy(
-    key: jax.Array,
-    n_prompts: int,
-    n_demos: int,
-    d_in: int,
-    *,
-    noise_std: float = 0.0,
-    sparsity: int | None = None,
-    cov_sqrt: jax.Array | None = None,
-    dtype=jnp.float32,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The draws of :func:`sample_linear` before they are laid out as tokens.
-
-    Returns ``X (B, N+1, d)`` (query last), ``y (B, N+1)`` (the query's true label included) and
-    ``w (B, d)``; ``sample_linear`` with the same arguments gives ``H = [Xᵀ; yᵀ]`` per prompt with
-    the query label zeroed. :func:`sample_linear_split` returns the same draws split into
-    demonstrations and query.
-    """
-    k_x, k_noise, w = _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype)
-    X_s, x_q = _standard_normal_parts(k_x, n_prompts, n_demos, d_in, dtype)
-    X = jnp.concatenate([X_s, x_q[:, None, :]], axis=1)
-    if cov_sqrt is not None:
-        X = einsum("bnj,ij->bni", X, jnp.asarray(cov_sqrt, dtype))
-    y = einsum("bnd,bd->bn", X, w)
-    if _draws_noise(noise_std):
-        y = y + noise_std * jax.random.normal(k_noise, (n_prompts, n_demos + 1), dtype)
-    return X, y, w
 
 
 class LinearDraws(NamedTuple):
@@ -134,6 +95,11 @@ class LinearDraws(NamedTuple):
     y_q: jax.Array
     w: jax.Array
 
+    def joined(self) -> tuple[jax.Array, jax.Array]:
+        """``X (B, N+1, d)`` and ``y (B, N+1)``, the query last."""
+        return (jnp.concatenate([self.X_s, self.x_q[:, None, :]], axis=1),
+                jnp.concatenate([self.y_s, self.y_q[:, None]], axis=1))
+
 
 def sample_linear_split(
     key: jax.Array,
@@ -146,22 +112,55 @@ def sample_linear_split(
     cov_sqrt: jax.Array | None = None,
     dtype=jnp.float32,
 ) -> LinearDraws:
-    """:func:`sample_linear_xy`'s draws, split into demonstrations and query (the training sampler).
+    """The regression task's draws, demonstrations and query apart (the samplers' one implementation).
 
-    ``X``, ``w`` and the noise are bitwise those of :func:`sample_linear_xy` with the same
-    arguments; the labels equal its labels up to rounding (each computed on its own part). No
-    ``(B, N+1, d)`` array is built, which is what a consumer of the Gram matrix wants.
+    ``w ~ N(0, I_d)`` (``sparsity``: ``k`` coordinates kept), ``x = C z`` with ``z`` drawn as
+    ``jax.random.normal(k_x, (B, N+1, d))`` (:func:`_standard_normal_parts`), ``y = wᵀx + σ ε``.
+    No ``(B, N+1, d)`` array is built, which is what a consumer of the Gram matrix wants;
+    :func:`sample_linear_xy` and :func:`sample_linear` are views of these draws.
     """
-    k_x, k_noise, w = _task(key, n_prompts, n_demos, d_in, noise_std, sparsity, cov_sqrt, dtype)
+    check_task_args(n_prompts, n_demos, d_in, noise_std=noise_std, sparsity=sparsity, cov_sqrt=cov_sqrt)
+    k_w, k_x, k_noise, k_support = jax.random.split(key, 4)
+    w = jax.random.normal(k_w, (n_prompts, d_in), dtype)
+    if sparsity is not None:
+        # k coordinates uniformly at random: the k smallest of d i.i.d. uniforms.
+        u = jax.random.uniform(k_support, (n_prompts, d_in))
+        ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
+        w = jnp.where(ranks < sparsity, w, 0.0)
     X_s, x_q = _standard_normal_parts(k_x, n_prompts, n_demos, d_in, dtype)
     if cov_sqrt is not None:
         c = jnp.asarray(cov_sqrt, dtype)
         X_s, x_q = einsum("bnj,ij->bni", X_s, c), einsum("bj,ij->bi", x_q, c)
     y_s, y_q = einsum("bnd,bd->bn", X_s, w), einsum("bd,bd->b", x_q, w)
-    if _draws_noise(noise_std):
+    # A Python 0 skips the draw (a third of a training step at N = 400); the noise key is its own
+    # branch, so w and X are the same either way. A traced noise_std always draws.
+    if not (isinstance(noise_std, (int, float)) and noise_std == 0):
         eps = jax.random.normal(k_noise, (n_prompts, n_demos + 1), dtype)
         y_s, y_q = y_s + noise_std * eps[:, :n_demos], y_q + noise_std * eps[:, n_demos]
     return LinearDraws(X_s, y_s, x_q, y_q, w)
+
+
+def sample_linear_xy(
+    key: jax.Array,
+    n_prompts: int,
+    n_demos: int,
+    d_in: int,
+    *,
+    noise_std: float = 0.0,
+    sparsity: int | None = None,
+    cov_sqrt: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The draws of :func:`sample_linear` before they are laid out as tokens.
+
+    Returns ``X (B, N+1, d)`` (query last), ``y (B, N+1)`` (the query's true label included) and
+    ``w (B, d)``; ``sample_linear`` with the same arguments gives ``H = [Xᵀ; yᵀ]`` per prompt with
+    the query label zeroed. The same draws as :func:`sample_linear_split`, joined.
+    """
+    draws = sample_linear_split(key, n_prompts, n_demos, d_in, noise_std=noise_std, sparsity=sparsity,
+                                cov_sqrt=cov_sqrt, dtype=dtype)
+    X, y = draws.joined()
+    return X, y, draws.w
 
 
 def sample_linear(

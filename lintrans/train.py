@@ -287,12 +287,10 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
                                 dtype=config.jnp_dtype)
     # Built lazily: XLA drops the token array when only the Gram matrix and the query are read
     # (the linear model's batched path).
-    X = jnp.concatenate([draws.X_s, draws.x_q[:, None, :]], axis=1)
-    y = jnp.concatenate([draws.y_s, draws.y_q[:, None]], axis=1)
+    X, y = draws.joined()
     H = jax.vmap(tokens_from_xy)(X, y)
     if config.model == "softmax":
-        targets = jnp.concatenate([draws.y_s, draws.y_q[:, None]], axis=1)
-        return Batch(H, targets, None, d_active, n_active)
+        return Batch(H, y, None, d_active, n_active)
     keep = None
     if n_true is not None:
         keep = jnp.arange(N + 1)[None, :] < n_true[:, None]

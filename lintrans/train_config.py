@@ -90,7 +90,7 @@ class TrainConfig:
         ``k ~ Uniform{k_min..N}`` per prompt (zeroed demonstrations, see the module docstring).
       curriculum: ``None`` or a :class:`Curriculum`.
       sampler: how training prompts are drawn. ``"tokens"``: the demonstrations themselves
-        (:func:`lintrans.tasks.sample_linear_xy`), ``O(N·d)`` per prompt. ``"wishart"`` (linear model,
+        (:func:`lintrans.tasks.sample_linear_split`), ``O(N·d)`` per prompt. ``"wishart"`` (linear model,
         ``mask="demos"``): only their Gram matrix, exactly in law and in ``O(d²)`` whatever N
         (:mod:`lintrans.gram_sampler`); different draws from ``"tokens"``, and only the
         ``"batched"`` path can read it.
