@@ -39,7 +39,7 @@ from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_result
 from lintrans.pruning import PAPER_RATES, RANK_RULES
 from lintrans.search import GROUPS, check_rates, check_top_k, clip_search, group_fields
 from lintrans.seedstats import seed_interval
-from lintrans.trained import DEFAULT_RUNS, MODEL_GROUPS, resolve_models
+from lintrans.trained import MODEL_GROUPS, add_default_run_flags, experiment_models, parse_models
 
 NAME = "clip_search"
 
@@ -63,15 +63,6 @@ class Config:
     n_test: int = 2048  # test prompts per seed (fresh, disjoint key branch)
     rule: str = "exact"  # rank rule of SPEC §6
     seed: int = 0  # prompts of training seed i: fold_in(fold_in(PRNGKey(seed), 11), i), split val/test
-
-
-def _overrides(config: Config) -> dict:
-    common = {"seeds": config.train_seeds, "n_layers": config.layers}
-    return {
-        "linear": dict(common, steps=config.linear_steps),
-        "softmax": dict(common, steps=config.softmax_steps, width=config.softmax_width,
-                        mlp_width=None if config.softmax_width is None else 4 * config.softmax_width),
-    }
 
 
 def _summary(reports: list[dict]) -> dict:
@@ -102,11 +93,7 @@ def run(config: Config, quiet: bool = False) -> dict:
     for g in config.groups:
         if g not in GROUPS:
             raise ValueError(f"group must be one of {sorted(GROUPS)}, got {g!r}")
-    runs_dir = Path(config.runs_dir)
-    if not runs_dir.is_absolute():
-        runs_dir = REPO_ROOT / runs_dir
-    models = resolve_models(config.checkpoints, config.models, runs_dir, overrides=_overrides(config),
-                            model_filter=config.model, quiet=quiet)
+    models = experiment_models(config, model_filter=config.model, quiet=quiet)
     plan = []
     for m in models:
         groups = config.groups or m.groups
@@ -221,16 +208,8 @@ def build_parser() -> ArgParser:
     d = Config()
     p = ArgParser(prog="python experiments/clip_search.py", description=__doc__.split("\n\n")[0],
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", metavar="RUN_DIR", default=[],
-                   help="a run of experiments/train_icl.py (repeatable, one per model); default: train/reuse small default runs")
+    add_default_run_flags(p, d)
     p.add_argument("--model", choices=tuple(MODEL_GROUPS), help="only this model (a --checkpoint of another model is an error)")
-    p.add_argument("--models", default=",".join(d.models), help="default runs to use without --checkpoint: linear,softmax")
-    p.add_argument("--runs-dir", default=d.runs_dir, help="where default runs are trained and reused (default runs/)")
-    p.add_argument("--linear-steps", type=positive_int, help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
-    p.add_argument("--softmax-steps", type=positive_int, help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
-    p.add_argument("--train-seeds", type=positive_int, help="seeds of the default runs")
-    p.add_argument("--layers", type=positive_int, help="layers of the default runs (default 4)")
-    p.add_argument("--softmax-width", type=positive_int, help="width of the default softmax run (default 32; MLP 4x)")
     p.add_argument("--group", action="append", choices=sorted(GROUPS), default=[],
                    help="module group (repeatable); default every group the model has: attn, and mlp for softmax")
     p.add_argument("--rates", type=rate_list, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
@@ -253,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_only:
         results = load_results(json_path)["results"]
     else:
-        models = tuple(s.strip() for s in args.models.split(",") if s.strip())
-        unknown = [m for m in models if m not in MODEL_GROUPS]
-        if unknown or not models:
-            raise ValueError(f"--models must list some of {tuple(MODEL_GROUPS)}, got {args.models!r}")
+        models = parse_models(args.models)
         config = Config(checkpoints=tuple(args.checkpoint), models=models, model=args.model, runs_dir=args.runs_dir,
                         linear_steps=args.linear_steps, softmax_steps=args.softmax_steps, train_seeds=args.train_seeds,
                         layers=args.layers, softmax_width=args.softmax_width, groups=tuple(dict.fromkeys(args.group)),

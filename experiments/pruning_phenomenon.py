@@ -49,7 +49,7 @@ from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_result
 from lintrans.pruning import PAPER_RATES, RANK_RULES
 from lintrans.search import check_rates, group_condition_numbers, group_fields, group_ranks, sweep_errors
 from lintrans.seedstats import seed_interval
-from lintrans.trained import DEFAULT_RUNS, MODEL_GROUPS, resolve_models
+from lintrans.trained import MODEL_GROUPS, add_default_run_flags, experiment_models, parse_models
 
 NAME = "pruning_phenomenon"
 FIG_PHENOMENON = "pruning_phenomenon"
@@ -84,20 +84,8 @@ def _seed_sweep(params_seeds, score_fn, fields, ranks, H, y, chunk):
     return jax.lax.map(lambda p: sweep_errors(p, score_fn, fields, ranks, H, y, chunk), params_seeds)
 
 
-def _overrides(config: Config) -> dict:
-    common = {"seeds": config.train_seeds, "n_layers": config.layers}
-    return {
-        "linear": dict(common, steps=config.linear_steps),
-        "softmax": dict(common, steps=config.softmax_steps, width=config.softmax_width,
-                        mlp_width=None if config.softmax_width is None else 4 * config.softmax_width),
-    }
-
-
 def load_models(config: Config, quiet: bool = False):
-    runs_dir = Path(config.runs_dir)
-    if not runs_dir.is_absolute():
-        runs_dir = REPO_ROOT / runs_dir
-    return resolve_models(config.checkpoints, config.models, runs_dir, overrides=_overrides(config), quiet=quiet)
+    return experiment_models(config, quiet=quiet)
 
 
 def steadiness(log_ratio: np.ndarray, changed: np.ndarray) -> dict[str, np.ndarray]:
@@ -422,15 +410,7 @@ def build_parser() -> ArgParser:
     d = Config()
     p = ArgParser(prog="python experiments/pruning_phenomenon.py", description=__doc__.split("\n\n")[0],
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", metavar="RUN_DIR", default=[],
-                   help="a run of experiments/train_icl.py (repeatable, one per model); default: train/reuse small default runs")
-    p.add_argument("--models", default=",".join(d.models), help="default runs to use without --checkpoint: linear,softmax")
-    p.add_argument("--runs-dir", default=d.runs_dir, help="where default runs are trained and reused (default runs/)")
-    p.add_argument("--linear-steps", type=positive_int, help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
-    p.add_argument("--softmax-steps", type=positive_int, help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
-    p.add_argument("--train-seeds", type=positive_int, help="seeds of the default runs (default 4 linear, 3 softmax)")
-    p.add_argument("--layers", type=positive_int, help="layers of the default runs (default 4)")
-    p.add_argument("--softmax-width", type=positive_int, help="width of the default softmax run (default 32; MLP 4x)")
+    add_default_run_flags(p, d)
     p.add_argument("--rates", type=rate_list, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
     p.add_argument("--rule", choices=RANK_RULES, default=d.rule)
     p.add_argument("--n-test", type=positive_int, default=d.n_test, help=f"test prompts (default {d.n_test})")
@@ -448,10 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_only:
         results = load_results(json_path)["results"]
     else:
-        models = tuple(s.strip() for s in args.models.split(",") if s.strip())
-        unknown = [m for m in models if m not in MODEL_GROUPS]
-        if unknown or not models:
-            raise ValueError(f"--models must list some of {tuple(MODEL_GROUPS)}, got {args.models!r}")
+        models = parse_models(args.models)
         config = Config(checkpoints=tuple(args.checkpoint), models=models, runs_dir=args.runs_dir,
                         linear_steps=args.linear_steps, softmax_steps=args.softmax_steps, train_seeds=args.train_seeds,
                         layers=args.layers, softmax_width=args.softmax_width, rates=args.rates, rule=args.rule,

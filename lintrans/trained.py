@@ -34,6 +34,10 @@ from lintrans.train import TrainConfig, config_from_dict, config_to_dict, softma
 __all__ = [
     "MODEL_GROUPS",
     "DEFAULT_RUNS",
+    "default_run_overrides",
+    "experiment_models",
+    "add_default_run_flags",
+    "parse_models",
     "QueryError",
     "PromptSampler",
     "TrainedModel",
@@ -246,3 +250,62 @@ def resolve_models(checkpoints, models, runs_dir, *, overrides=None, model_filte
     if len(set(names)) != len(names):
         raise ValueError(f"give at most one checkpoint per model; got models {names}")
     return out
+
+
+def default_run_overrides(*, train_seeds=None, layers=None, linear_steps=None, softmax_steps=None,
+                          softmax_width=None) -> dict[str, dict[str, Any]]:
+    """``overrides`` for :func:`default_models` from an experiment's flags (``None``: the default).
+
+    The softmax MLP is 4× the width, as in :data:`DEFAULT_RUNS`.
+    """
+    common = {"seeds": train_seeds, "n_layers": layers}
+    return {
+        "linear": dict(common, steps=linear_steps),
+        "softmax": dict(common, steps=softmax_steps, width=softmax_width,
+                        mlp_width=None if softmax_width is None else 4 * softmax_width),
+    }
+
+
+def experiment_models(config, *, model_filter: str | None = None, quiet: bool = False) -> list[TrainedModel]:
+    """:func:`resolve_models` for an experiment ``Config`` with the default-run fields.
+
+    ``config`` has ``checkpoints, models, runs_dir, train_seeds, layers, linear_steps,
+    softmax_steps, softmax_width`` (the flags of :func:`add_default_run_flags`); a relative
+    ``runs_dir`` is taken from the repository root.
+    """
+    from lintrans.experiment import REPO_ROOT
+
+    runs_dir = Path(config.runs_dir)
+    if not runs_dir.is_absolute():
+        runs_dir = REPO_ROOT / runs_dir
+    overrides = default_run_overrides(train_seeds=config.train_seeds, layers=config.layers,
+                                      linear_steps=config.linear_steps, softmax_steps=config.softmax_steps,
+                                      softmax_width=config.softmax_width)
+    return resolve_models(config.checkpoints, config.models, runs_dir, overrides=overrides,
+                          model_filter=model_filter, quiet=quiet)
+
+
+def add_default_run_flags(p, config) -> None:
+    """The flags that choose an experiment's models: ``--checkpoint`` runs, or the default runs
+    (``--models``, ``--runs-dir``, and their training overrides). ``config``: the defaults."""
+    from lintrans.experiment import positive_int
+
+    p.add_argument("--checkpoint", action="append", metavar="RUN_DIR", default=[],
+                   help="a run of experiments/train_icl.py (repeatable, one per model); default: train/reuse small default runs")
+    p.add_argument("--models", default=",".join(config.models), help="default runs to use without --checkpoint: linear,softmax")
+    p.add_argument("--runs-dir", default=config.runs_dir, help="where default runs are trained and reused (default runs/)")
+    p.add_argument("--linear-steps", type=positive_int,
+                   help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
+    p.add_argument("--softmax-steps", type=positive_int,
+                   help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
+    p.add_argument("--train-seeds", type=positive_int, help="seeds of the default runs (default 4 linear, 3 softmax)")
+    p.add_argument("--layers", type=positive_int, help="layers of the default runs (default 4)")
+    p.add_argument("--softmax-width", type=positive_int, help="width of the default softmax run (default 32; MLP 4x)")
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """``--models`` (``"linear,softmax"``) as a tuple; ``ValueError`` naming the flag otherwise."""
+    models = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not models or any(m not in MODEL_GROUPS for m in models):
+        raise ValueError(f"--models must list some of {tuple(MODEL_GROUPS)}, got {text!r}")
+    return models
