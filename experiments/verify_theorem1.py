@@ -45,7 +45,7 @@ import numpy as np
 
 from lintrans.attention import MASKS, SCALES, predict, predict_tokens
 from lintrans.checks import CHECKS, check_theorem1
-from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, save_figure, save_results
+from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, positive_int, save_figure, save_results
 from lintrans.io import save_npz
 from lintrans.params import LinearAttentionParams, init_params, load_params
 from lintrans.tasks import load_prompts, random_prompts, sample_linear
@@ -517,16 +517,6 @@ def plot(results: dict):
 # command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -548,7 +538,7 @@ def _layers(text: str) -> tuple[int, ...]:
     parts = [p for p in text.replace(",", " ").split() if p]
     if not parts:
         raise argparse.ArgumentTypeError("expected a list of positive integers such as 1,2,4")
-    return tuple(sorted({_positive_int(p) for p in parts}))
+    return tuple(sorted({positive_int(p) for p in parts}))
 
 
 def _readout(text: str) -> int:
@@ -599,10 +589,10 @@ def build_parser() -> ArgParser:
     p.add_argument("--dtype", choices=("float64", "float32", "both"), default=d.dtype)
     p.add_argument("--seed", type=_int, default=d.seed)
     p.add_argument("--layers", type=_layers, default=None, help=f"depths, e.g. 1,2,4 (default {','.join(map(str, d.layers))})")
-    p.add_argument("--n-demos", type=_positive_int, default=None, help=f"N (default {d.n_demos})")
-    p.add_argument("--d-in", type=_positive_int, default=None, help=f"d_in (default {d.d_in})")
-    p.add_argument("--d-out", type=_positive_int, default=None, help=f"d_out (default {d.d_out})")
-    p.add_argument("--batch", type=_positive_int, default=None, help=f"prompts B (default {d.batch})")
+    p.add_argument("--n-demos", type=positive_int, default=None, help=f"N (default {d.n_demos})")
+    p.add_argument("--d-in", type=positive_int, default=None, help=f"d_in (default {d.d_in})")
+    p.add_argument("--d-out", type=positive_int, default=None, help=f"d_out (default {d.d_out})")
+    p.add_argument("--batch", type=positive_int, default=None, help=f"prompts B (default {d.batch})")
     p.add_argument("--task", choices=TASKS, default=d.task, help="random: random_prompts, N(0,1) tokens; linear: sample_linear")
     p.add_argument("--init-scale", type=_scale_value, default=None, help="weight std = init_scale/√D (default 0.05·(40/N)^(1/3) for s=1, 0.1 for s=1/N)")
     p.add_argument("--overflow-init-scale", type=_scale_value, default=d.overflow_init_scale, help="scale of the informational overflow block (default 1 = 1/√D; 0 skips it)")
