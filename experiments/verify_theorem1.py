@@ -46,7 +46,7 @@ import numpy as np
 from lintrans.attention import MASKS, SCALES, predict, predict_tokens
 from lintrans.checks import CHECKS, check_theorem1
 from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, positive_int, save_figure, save_results
-from lintrans.io import save_npz
+from lintrans.io import save_npz, require_int
 from lintrans.params import LinearAttentionParams, init_params, load_params
 from lintrans.tasks import load_prompts, random_prompts, sample_linear
 from lintrans.trajectory import QUANTITIES, trajectory
@@ -113,8 +113,7 @@ def _check_config(config: Config) -> None:
     """Validate a Config given to :func:`run` directly (the CLI validates its flags first)."""
     for name in ("d_in", "d_out", "n_demos", "batch"):
         v = getattr(config, name)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_int(name, v)
     if not config.layers or any(isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1 for L in config.layers):
         raise ValueError(f"layers must be a non-empty list of positive integers, got {config.layers!r}")
     if config.mask not in MASKS:

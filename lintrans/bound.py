@@ -69,6 +69,7 @@ from lintrans.attention import check_options, scale_factor
 from lintrans.numerics import einsum, mm
 from lintrans.params import LinearAttentionParams
 from lintrans.trajectory import trajectory
+from lintrans.io import require_int
 
 __all__ = [
     "RTOL",
@@ -121,8 +122,7 @@ def require_x64() -> None:
 
 def shot_factor(b: int, n_demos: int) -> float:
     """``c_b = (N − b)/(b(N − 1))``, the finite-population factor (``1 ≤ b ≤ N``, ``N ≥ 2``)."""
-    if isinstance(n_demos, bool) or not isinstance(n_demos, (int, np.integer)) or n_demos < 2:
-        raise ValueError(f"n_demos must be an integer >= 2, got {n_demos!r}")
+    require_int("n_demos", n_demos, 2)
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= n_demos:
         raise ValueError(f"b (shot count) must be an integer in 1..N={n_demos}, got {b!r}")
     return (n_demos - b) / (b * (n_demos - 1))

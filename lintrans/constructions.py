@@ -20,6 +20,7 @@ import numpy as np
 
 from lintrans.numerics import mm
 from lintrans.params import LinearAttentionParams
+from lintrans.io import require_int
 
 __all__ = ["gd_construction", "gd_loop", "gd_readout_settings"]
 
@@ -43,8 +44,7 @@ def gd_construction(etas, d_in: int, dtype=jnp.float64) -> LinearAttentionParams
         raise ValueError(f"etas must be a non-empty 1-D sequence of step sizes, got shape {etas.shape}")
     if not np.all(np.isfinite(etas)):
         raise ValueError("etas must be finite")
-    if isinstance(d_in, bool) or not isinstance(d_in, (int, np.integer)) or d_in < 1:
-        raise ValueError(f"d_in must be a positive integer, got {d_in!r}")
+    require_int("d_in", d_in)
     L, D = etas.size, d_in + 1
     kq = np.zeros((D, D))
     kq[:d_in, :d_in] = np.eye(d_in)

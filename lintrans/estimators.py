@@ -35,6 +35,7 @@ import numpy as np
 from lintrans.constructions import gd_loop
 from lintrans.numerics import mm
 from lintrans.tasks import sample_linear, split_prompt
+from lintrans.io import require_int
 
 __all__ = [
     "zero",
@@ -138,8 +139,7 @@ def knn(X_s: jax.Array, y_s: jax.Array, x_q: jax.Array, k: int = 3) -> jax.Array
 
     Shapes: ``X_s (N, d)``, ``y_s (N,)``, ``x_q (d,)`` → scalar.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"knn: k must be a positive integer, got {k!r}")
+    require_int("knn: k", k)
     N = X_s.shape[0]
     m = min(int(k), N)
     if m == 0:
@@ -176,8 +176,7 @@ def gd_steps(
 
     Shapes: ``X_s (N, d)``, ``y_s (N,)``, ``x_q (d,)``, ``eta`` scalar → scalar.
     """
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"gd_steps: n_steps must be a positive integer, got {n_steps!r}")
+    require_int("gd_steps: n_steps", n_steps)
     dtype = jnp.result_type(X_s, y_s, x_q)
     etas = jnp.full((int(n_steps),), eta, dtype)
     w_L = gd_loop(X_s.astype(dtype), y_s.astype(dtype), etas)[-1]
@@ -228,10 +227,8 @@ def gd_one_step_optimal(X_s: jax.Array, y_s: jax.Array, x_q: jax.Array, noise_st
 
 def _check_sizes(n_demos, d_in, noise_std, allow_zero_demos=False) -> None:
     lo = 0 if allow_zero_demos else 1
-    if isinstance(n_demos, bool) or not isinstance(n_demos, (int, np.integer)) or n_demos < lo:
-        raise ValueError(f"n_demos must be an integer >= {lo}, got {n_demos!r}")
-    if isinstance(d_in, bool) or not isinstance(d_in, (int, np.integer)) or d_in < 1:
-        raise ValueError(f"d_in must be a positive integer, got {d_in!r}")
+    require_int("n_demos", n_demos, lo)
+    require_int("d_in", d_in)
     if not (isinstance(noise_std, (int, float, np.integer, np.floating)) and np.isfinite(noise_std) and noise_std >= 0):
         raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
 
@@ -283,8 +280,7 @@ def predict_batch(estimator: str | Callable[..., jax.Array], H: jax.Array, **opt
 
 def icl_error(y_hat: jax.Array, y: jax.Array, d_in: int) -> jax.Array:
     """SPEC §5 error: ``(ŷ − y)² / d``, elementwise (any matching shapes). Zero estimator ≈ 1."""
-    if isinstance(d_in, bool) or not isinstance(d_in, (int, np.integer)) or d_in < 1:
-        raise ValueError(f"d_in must be a positive integer, got {d_in!r}")
+    require_int("d_in", d_in)
     diff = jnp.asarray(y_hat) - jnp.asarray(y)
     return diff * diff / d_in
 
@@ -389,11 +385,9 @@ def tune_gd_eta(
     prompts; ``None`` means float64 when ``jax_enable_x64`` is on, else float32.
     """
     _check_sizes(n_demos, d_in, noise_std)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    require_int("n_steps", n_steps)
     for name, v, lo in (("n_prompts", n_prompts, 2), ("n_grid", n_grid, 3), ("n_golden", n_golden, 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        require_int(name, v, lo)
     if eta_range is None:
         eta_lo = gd_one_step_optimal_eta(n_demos, d_in, noise_std) / 10.0
         eta_hi = 4.0 / (np.sqrt(n_demos) + np.sqrt(d_in)) ** 2

@@ -27,6 +27,7 @@ __all__ = [
     "save_npz",
     "load_npz",
     "require_float_array",
+    "require_int",
     "save_json",
     "load_json",
     "provenance",
@@ -95,6 +96,14 @@ def load_npz(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str,
     if missing:
         raise ValueError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
     return arrays
+
+
+def require_int(name: str, value: Any, lo: int = 1) -> int:
+    """``value`` if it is an integer ``>= lo`` (not a bool), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        allowed = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
 
 
 def require_float_array(name: str, value: Any, ndim: int | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintrans.io import load_npz, require_float_array, save_npz
+from lintrans.io import load_npz, require_float_array, save_npz, require_int
 
 __all__ = ["LinearAttentionParams", "init_params", "validate_params", "save_params", "load_params"]
 
@@ -56,8 +56,8 @@ def init_params(
     ``init_scale = 1`` is the classical ``1/√D`` scale, at which states overflow within 5–7 layers
     (SPEC §3); ``0.1`` with ``s = 1/N`` or ``0.05`` with ``s = 1`` stay finite to L = 16.
     """
-    _check_positive_int("n_layers", n_layers)
-    _check_positive_int("dim", dim)
+    require_int("n_layers", n_layers)
+    require_int("dim", dim)
     if not (isinstance(init_scale, (int, float)) and np.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     k_k, k_q, k_v = jax.random.split(key, 3)
@@ -117,7 +117,3 @@ def load_params(path: str | os.PathLike, dtype=None) -> LinearAttentionParams:
     except (TypeError, ValueError) as e:
         raise type(e)(f"{path}: {e}") from None
 
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans.numerics import mm
+from lintrans.io import require_int
 
 __all__ = [
     "RANK_RULES",
@@ -62,10 +63,8 @@ def kept_rank(m: int, n: int, xi: float, rule: str = "exact", min_rank: int = 0)
     if rule not in RANK_RULES:
         raise ValueError(f"rule must be one of {RANK_RULES}, got {rule!r}")
     for name, v in (("m", m), ("n", n)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(min_rank, bool) or not isinstance(min_rank, (int, np.integer)) or min_rank < 0:
-        raise ValueError(f"min_rank must be an integer >= 0, got {min_rank!r}")
+        require_int(name, v)
+    require_int("min_rank", min_rank, 0)
     full = min(m, n)
     if rule == "exact":
         r = math.floor(full * (1 - Fraction(str(xi))))

@@ -44,6 +44,7 @@ import numpy as np
 
 from lintrans.pruning import PAPER_RATES, RANK_RULES, check_rate, condition_number, kept_rank
 from lintrans.truncation import TARGETS, target_fields, truncate_params_to_rank
+from lintrans.io import require_int
 
 __all__ = [
     "GROUPS",
@@ -113,8 +114,7 @@ def check_rates(rates: Sequence[float]) -> tuple[float, ...]:
 
 def check_top_k(top_k) -> int:
     """``top_k`` as an int ≥ 1; ``ValueError`` otherwise."""
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    require_int("top_k", top_k)
     return int(top_k)
 
 
@@ -343,8 +343,7 @@ def clip_search(
     rates = check_rates(rates)
     top_k = check_top_k(top_k)
     for name, v in (("n_val", n_val), ("n_test", n_test), ("chunk", chunk)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_int(name, v)
     ranks = group_ranks(params, fields, rates, rule, min_rank)
     full = np.array([min(getattr(params, f).shape[1:]) for f in fields], dtype=np.int32)
 

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lintrans.io import require_int
+
 __all__ = ["t_quantile", "SeedInterval", "seed_interval"]
 
 
@@ -30,8 +32,7 @@ def t_quantile(p: float, dof: int) -> float:
     """
     if not 0.5 <= p < 1:
         raise ValueError(f"p must lie in [0.5, 1), got {p!r}")
-    if isinstance(dof, bool) or not isinstance(dof, (int, np.integer)) or dof < 1:
-        raise ValueError(f"dof must be a positive integer, got {dof!r}")
+    require_int("dof", dof)
     if p == 0.5:
         return 0.0
     tail = 2 * (1 - p)  # two-sided tail probability at the quantile

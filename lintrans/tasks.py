@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintrans.io import load_npz, require_float_array
+from lintrans.io import load_npz, require_float_array, require_int
 from lintrans.numerics import einsum
 
 __all__ = ["RegressionBatch", "LinearDraws", "sample_linear", "sample_linear_xy", "sample_linear_split", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
@@ -70,8 +70,7 @@ def check_task_args(n_prompts, n_demos, d_in, *, noise_std=0.0, sparsity=None, c
     :func:`lintrans.gram_sampler.sample_linear_gram`).
     """
     for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_int(name, v)
     if isinstance(noise_std, (int, float)) and not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
     if sparsity is not None and not (1 <= sparsity <= d_in):
@@ -197,8 +196,7 @@ def random_prompts(
     Generic inputs for the identities of Theorem 1, which hold for any prompt.
     """
     for name, v in (("n_prompts", n_prompts), ("n_demos", n_demos), ("d_in", d_in), ("d_out", d_out)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_int(name, v)
     H = jax.random.normal(key, (n_prompts, d_in + d_out, n_demos + 1), dtype)
     return H.at[:, d_in:, -1].set(0.0)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans import attention
+from lintrans.io import require_int
 
 __all__ = ["MODELS", "DTYPES", "PATHS", "SAMPLERS", "Curriculum", "TrainConfig", "config_to_dict",
            "config_from_dict", "softmax_config", "seed_values"]
@@ -32,11 +33,6 @@ SAMPLERS = ("tokens", "wishart")
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
-
-
-def _pos_int(name: str, v, lo: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 def _finite(name: str, v, lo: float | None = None, strict: bool = False) -> None:
@@ -62,11 +58,11 @@ class Curriculum:
     every: int
 
     def __post_init__(self):
-        _pos_int("curriculum.d_start", self.d_start)
-        _pos_int("curriculum.d_step", self.d_step, 0)
-        _pos_int("curriculum.n_start", self.n_start)
-        _pos_int("curriculum.n_step", self.n_step, 0)
-        _pos_int("curriculum.every", self.every)
+        require_int("curriculum.d_start", self.d_start)
+        require_int("curriculum.d_step", self.d_step, 0)
+        require_int("curriculum.n_start", self.n_start)
+        require_int("curriculum.n_step", self.n_step, 0)
+        require_int("curriculum.every", self.every)
 
     def active(self, step, d_in: int, n_demos: int):
         """``(d_active, n_active)`` at ``step`` (works on a traced step)."""
@@ -132,18 +128,18 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        _pos_int("d_in", self.d_in)
-        _pos_int("n_demos", self.n_demos)
-        _pos_int("n_layers", self.n_layers)
+        require_int("d_in", self.d_in)
+        require_int("n_demos", self.n_demos)
+        require_int("n_layers", self.n_layers)
         attention.check_options(self.mask, self.scale, self.readout)
         _finite("init_std", self.init_std, 0.0)
         for name in ("width", "n_heads", "mlp_width"):
-            _pos_int(name, getattr(self, name))
+            require_int(name, getattr(self, name))
         _finite("noise_std", self.noise_std, 0.0)
         if self.k_min is not None:
             if self.model != "linear":
                 raise ValueError("k_min applies to the linear model; the softmax model's loss covers every k")
-            _pos_int("k_min", self.k_min)
+            require_int("k_min", self.k_min)
             if self.k_min > self.n_demos:
                 raise ValueError(f"k_min must be <= n_demos={self.n_demos}, got {self.k_min}")
         if self.sampler not in SAMPLERS:
@@ -153,20 +149,20 @@ class TrainConfig:
                              f"prompts only through their Gram matrix); got model={self.model!r}, mask={self.mask!r}")
         if self.curriculum is not None and not isinstance(self.curriculum, Curriculum):
             raise TypeError(f"curriculum must be a Curriculum or None, got {type(self.curriculum).__name__}")
-        _pos_int("steps", self.steps)
-        _pos_int("batch_size", self.batch_size)
+        require_int("steps", self.steps)
+        require_int("batch_size", self.batch_size)
         _finite("lr", self.lr, 0.0, strict=True)
-        _pos_int("warmup_steps", self.warmup_steps, 0)
+        require_int("warmup_steps", self.warmup_steps, 0)
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps must be <= steps={self.steps}, got {self.warmup_steps}")
         _finite("final_lr_frac", self.final_lr_frac, 0.0)
         _finite("clip_norm", self.clip_norm, 0.0)
-        _pos_int("seed", self.seed, 0)
-        _pos_int("seeds", self.seeds)
+        require_int("seed", self.seed, 0)
+        require_int("seeds", self.seeds)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        _pos_int("checkpoint_every", self.checkpoint_every)
-        _pos_int("log_every", self.log_every)
+        require_int("checkpoint_every", self.checkpoint_every)
+        require_int("log_every", self.log_every)
         if self.model == "softmax":
             softmax_config(self)  # validates width/n_heads
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lintrans.io import load_npz, require_float_array, save_npz
+from lintrans.io import load_npz, require_float_array, save_npz, require_int
 from lintrans.numerics import einsum, mm
 
 __all__ = [
@@ -86,8 +86,7 @@ class SoftmaxConfig:
     def __post_init__(self):
         for name in ("d_in", "n_demos_max", "n_layers", "width", "n_heads", "mlp_width"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"SoftmaxConfig.{name} must be a positive integer, got {v!r}")
+            require_int(f"SoftmaxConfig.{name}", v)
         if self.width % self.n_heads:
             raise ValueError(f"SoftmaxConfig.n_heads={self.n_heads} must divide width={self.width}")
 
