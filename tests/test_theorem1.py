@@ -142,13 +142,7 @@ def test_t5_bound_is_attained_when_n_below_d():
 
 @settings(max_examples=6, deadline=None)
 @given(
-    seed=st.integers(0, 2**31 - 1),
-    d_in=st.integers(1, 8),
-    d_out=st.integers(1, 3),
-    N=st.integers(1, 50),
-    L=st.integers(1, 8),
-    c=st.floats(0.1, 0.3),
-    scale=st.sampled_from(["1", "1/N"]),
+    **dict(sizes, c=st.floats(0.1, 0.3)),
     mask=st.sampled_from(["demos", "causal"]),
     target=st.sampled_from(["w_k", "w_q", "w_v", "attn"]),
     data=st.data(),
