@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import _bench_util as bu
-from lintrans.checks import t1_query, t2_product, t3_all_tokens, t4_closed_form
+from lintrans.checks import identity_errors
 from lintrans.params import init_params
 from lintrans.sharding import make_mesh, replicate, shard_batch
 from lintrans.tasks import random_prompts
 from lintrans.train import TrainConfig, init_state, make_train_step, seed_keys
-from lintrans.trajectory import first_nonfinite, trajectory
+from lintrans.trajectory import trajectory
 
 FULL = {"batches": (256, 4096, 65536), "sweep_prompts": 4096, "sweep_layers": 12, "check_prompts": 1024}
 # Untimed calls after the compiling one, and timed calls at least: on the 2-core CPU, 1 untimed and
@@ -60,21 +60,6 @@ def _train_rows(sizes, config, mesh, progress) -> list[dict]:
             "recompiled": timing.recompiled,
         })
     return rows
-
-
-def identity_errors(params, H: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """T1–T4 of :mod:`lintrans.checks` on one prompt (scale ``s = 1``): ``(4, L)`` relative errors
-    and the first non-finite layer (``-1``: none).
-
-    Not :func:`lintrans.checks.check_theorem1`, which also computes T5's ranks by a batched SVD:
-    jaxlib's CPU LAPACK kernels split a batch over the host thread pool and block on it, and with
-    more simulated devices (``--xla_force_host_platform_device_count``) than cores the devices'
-    concurrent SVDs can starve that pool and hang (seen with 4 devices on 2 cores). T5 is not part
-    of what this check reports.
-    """
-    traj = trajectory(params, H)
-    errs = jnp.stack([t1_query(traj), t2_product(traj), t3_all_tokens(traj), t4_closed_form(params, traj, 1.0)])
-    return errs, first_nonfinite(traj)[0]
 
 
 def run(config, progress) -> dict:

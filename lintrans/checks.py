@@ -26,6 +26,7 @@ __all__ = [
     "t4_closed_form",
     "t5_rank",
     "t6_locality",
+    "identity_errors",
     "check_theorem1",
 ]
 
@@ -133,22 +134,47 @@ class Theorem1Report(NamedTuple):
     nonfinite_quantity: jax.Array
 
 
+def _identities(params: LinearAttentionParams, traj: Trajectory, mask: str, s: float) -> list[jax.Array]:
+    """T1–T4 of one trajectory, each ``(L,)`` (NaN where a check does not hold for ``mask``)."""
+    nan = jnp.full((params.w_k.shape[0],), jnp.nan, traj.states.dtype)
+    return [
+        t1_query(traj),
+        t2_product(traj),
+        t3_all_tokens(traj) if mask == "demos" else nan,
+        t4_closed_form(params, traj, s) if mask == "demos" else nan,
+    ]
+
+
+def identity_errors(
+    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1"
+) -> tuple[jax.Array, jax.Array]:
+    """T1–T4 of one prompt with matrix products only: ``(4, L)`` relative errors and the first
+    non-finite layer (``-1``: none).
+
+    :func:`check_theorem1` without T5, whose ranks need a batched SVD: jaxlib 0.10's CPU LAPACK
+    kernels can deadlock when several simulated devices run them at once (see
+    :mod:`lintrans.sharding`), so sharded sweeps on simulated CPU devices use this one.
+    """
+    check_options(mask, scale)
+    traj = trajectory(params, H, mask=mask, scale=scale)
+    errors = _identities(params, traj, mask, scale_factor(scale, H.shape[1] - 1))
+    return jnp.stack(errors), first_nonfinite(traj)[0]
+
+
 def check_theorem1(
     params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1"
 ) -> Theorem1Report:
     """Run the trajectory of one prompt and every check T1–T5 on it (vmap over prompts)."""
     check_options(mask, scale)
     traj = trajectory(params, H, mask=mask, scale=scale)
-    s = scale_factor(scale, H.shape[1] - 1)
-    L = params.w_k.shape[0]
-    nan = jnp.full((L,), jnp.nan, H.dtype)
+    t1, t2, t3, t4 = _identities(params, traj, mask, scale_factor(scale, H.shape[1] - 1))
     ranks, bound = t5_rank(traj)
     layer_idx, quantity = first_nonfinite(traj)
     return Theorem1Report(
-        T1=t1_query(traj),
-        T2=t2_product(traj),
-        T3=t3_all_tokens(traj) if mask == "demos" else nan,
-        T4=t4_closed_form(params, traj, s) if mask == "demos" else nan,
+        T1=t1,
+        T2=t2,
+        T3=t3,
+        T4=t4,
         T5_rank=ranks,
         T5_bound=jnp.asarray(bound, jnp.int32),
         nonfinite_layer=layer_idx,

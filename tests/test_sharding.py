@@ -13,13 +13,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from lintrans.sharding import make_mesh, shard_batch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_simulated(code: str, n_devices: int = 4) -> dict:
@@ -39,8 +36,7 @@ def test_sharded_theorem1_sweep_equals_unsharded():
         import json, jax, jax.numpy as jnp
         jax.config.update("jax_enable_x64", True)
         from lintrans import init_params
-        from lintrans.checks import t1_query
-        from lintrans.trajectory import first_nonfinite
+        from lintrans.checks import identity_errors
         from lintrans.sharding import make_mesh, shard_batch, DATA_AXIS
         mesh = make_mesh()
         params = init_params(jax.random.key(0), 4, 6, 0.2, jnp.float64)
@@ -48,12 +44,11 @@ def test_sharded_theorem1_sweep_equals_unsharded():
         H = random_prompts(jax.random.key(1), 32, 12, 5, dtype=jnp.float64)
         from lintrans.trajectory import trajectory
         from lintrans.numerics import rel_err
-        # T1 and the non-finite scan, not check_theorem1: its T5 ranks need a batched SVD, and
-        # jaxlib 0.10's CPU LAPACK kernels can deadlock when several simulated devices run them
-        # at once (see lintrans.sharding).
+        # identity_errors, not check_theorem1: its T5 ranks need a batched SVD, and jaxlib 0.10's
+        # CPU LAPACK kernels can deadlock when several simulated devices run them at once.
         def report(h):
-            traj = trajectory(params, h)
-            return {"T1": t1_query(traj), "nonfinite_layer": first_nonfinite(traj)[0]}
+            errors, nonfinite_layer = identity_errors(params, h)
+            return {"T1": errors[0], "nonfinite_layer": nonfinite_layer}
         f = jax.jit(jax.vmap(report))
         g = jax.jit(jax.vmap(lambda h: trajectory(params, h)))
         ref, sharded = f(H), f(shard_batch(H, mesh))
@@ -131,14 +126,13 @@ def test_sharded_training_step_equals_single_device(sampler):
 
 
 def test_device_check_identity_errors_on_simulated_devices():
-    # The device check's T1–T4 (experiments/bench_device.py) on a batch split 4 ways equals the
-    # unsharded result and stays LAPACK-free, so it cannot hit jaxlib 0.10's CPU LAPACK deadlock.
+    # T1–T4 without T5 (lintrans.checks.identity_errors, what the device check reports) on a batch
+    # split 4 ways stays LAPACK-free, so it cannot hit jaxlib 0.10's CPU LAPACK deadlock.
     out = _run_simulated(
-        f"""
-        import json, sys, jax, jax.numpy as jnp
+        """
+        import json, jax, jax.numpy as jnp
         jax.config.update("jax_enable_x64", True)
-        sys.path.insert(0, {str(ROOT / "experiments")!r})
-        from bench_device import identity_errors
+        from lintrans.checks import identity_errors
         from lintrans import init_params
         from lintrans.sharding import make_mesh, shard_batch
         from lintrans.tasks import random_prompts
@@ -147,12 +141,12 @@ def test_device_check_identity_errors_on_simulated_devices():
         f = jax.jit(jax.vmap(lambda h: identity_errors(params, h)))
         e_sh, nf_sh = f(shard_batch(H, make_mesh()))
         hlo = f.lower(H).as_text()
-        print(json.dumps({{
+        print(json.dumps({
             "shape": list(e_sh.shape),
             "max_err": float(jnp.max(e_sh)),
             "nonfinite": int(jnp.max(nf_sh)),
             "lapack_free": "lapack" not in hlo.lower(),
-        }}))
+        }))
         """
     )
     assert out["shape"] == [16, 4, 3], "identity_errors: (prompts, T1..T4, layers)"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lintrans.checks import CHECKS, check_theorem1, t1_query, t3_all_tokens, t4_closed_form, t5_rank, t6_locality
+from lintrans.checks import CHECKS, check_theorem1, identity_errors, t1_query, t3_all_tokens, t4_closed_form, t5_rank, t6_locality
 from lintrans.params import LinearAttentionParams
 from lintrans.pruning import truncate_matrix
 from lintrans.trajectory import Trajectory, trajectory
@@ -179,3 +179,14 @@ def test_t6_rejects_bad_layer():
     for k in (0, 3):
         with pytest.raises(ValueError, match="k must be a layer"):
             t6_locality(traj, traj, k)
+
+
+@pytest.mark.parametrize("mask", ["demos", "causal"])
+def test_identity_errors_are_check_theorem1_without_t5(mask):
+    params, H = draw(3, 3, 4, 1, 7, 0.2, B=1)
+    H = H[0]
+    report = check_theorem1(params, H, mask=mask, scale="1/N")
+    errors, nonfinite_layer = identity_errors(params, H, mask=mask, scale="1/N")
+    expected = np.stack([np.asarray(getattr(report, c)) for c in ("T1", "T2", "T3", "T4")])
+    np.testing.assert_array_equal(np.asarray(errors), expected, err_msg="identity_errors = T1–T4 of check_theorem1")
+    assert int(nonfinite_layer) == int(report.nonfinite_layer)
