@@ -111,11 +111,9 @@ def linear_predict_batch(params: LinearAttentionParams, H: jax.Array, n_true=Non
 
 def attention_scale(scale: str, n_demos: int, n_true, n_prompts: int, dtype) -> jax.Array:
     """Per-prompt ``s``: ``1`` for ``scale="1"``; ``1/N`` for ``"1/N"``, or ``1/k`` with ``n_true = k``. ``(B,)``."""
-    if scale == "1":
-        return jnp.ones((n_prompts,), dtype)
-    if n_true is None:
-        return jnp.full((n_prompts,), 1.0 / n_demos, dtype)
-    return 1.0 / n_true.astype(dtype)
+    if scale == "1/N" and n_true is not None:
+        return 1.0 / n_true.astype(dtype)
+    return jnp.full((n_prompts,), attention.scale_factor(scale, n_demos), dtype)
 
 
 def linear_predict_gram(params: LinearAttentionParams, gram: jax.Array, query: jax.Array, s: jax.Array, *,
