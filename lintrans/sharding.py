@@ -14,8 +14,9 @@ Known limitation, simulated CPU devices with jaxlib 0.10 (``--xla_force_host_pla
 > 1): jaxlib's CPU LAPACK kernels (SVD, eigh, Cholesky) split a batch over the host thread pool
 and block on it, so several devices running them at once can starve the pool and hang (seen: a
 batched SVD under 4 devices on 2 cores). Sharded code that only needs matrix products is not
-affected (:func:`lintrans.checks.identity_errors` is Theorem 1's check without the SVD); jaxlib 0.11 builds the LAPACK kernels without that parallel path. On GPUs and with one
-CPU device nothing changes.
+affected (:func:`lintrans.checks.identity_errors` is Theorem 1's check without the SVD). A public
+report says jaxlib 0.11 builds these kernels without the parallel path; not tested here. On GPUs
+and with one CPU device nothing changes.
 """
 
 from __future__ import annotations
