@@ -18,12 +18,12 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lintrans.io import atomic_write_bytes, load_json, provenance, save_json, save_npz
+from lintrans.progress import Progress
 
 __all__ = ["ArgParser", "cli", "positive_int", "rate_list", "Progress", "save_results", "load_results", "save_figure", "REPO_ROOT"]
 
@@ -74,36 +74,6 @@ def cli(main: Callable[[list[str] | None], int]) -> None:
         print("error: interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)
-
-
-class Progress:
-    """A minimal progress line on stderr: ``label [k/n] elapsed, rate, extra``.
-
-    Writes a carriage-return-updated line on a terminal and one line per update otherwise (so CI
-    logs stay readable); ``quiet=True`` silences it.
-    """
-
-    def __init__(self, total: int, label: str, quiet: bool = False, every: float = 0.5):
-        self.total, self.label, self.quiet, self.every = total, label, quiet, every
-        self.start = time.perf_counter()
-        self.count = 0
-        self._last = 0.0
-        self._tty = sys.stderr.isatty()
-
-    def update(self, n: int = 1, info: str = "") -> None:
-        self.count += n
-        now = time.perf_counter()
-        if self.quiet or (now - self._last < self.every and self.count < self.total):
-            return
-        self._last = now
-        elapsed = now - self.start
-        rate = self.count / elapsed if elapsed > 0 else float("inf")
-        line = f"{self.label} [{self.count}/{self.total}] {elapsed:6.1f}s {rate:8.2f}/s {info}"
-        if self._tty:
-            sys.stderr.write("\r" + line + ("\n" if self.count >= self.total else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
