@@ -12,6 +12,7 @@ a ``(d, d)`` matrix). ``d = d_in``, ``d_out = 1``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -21,7 +22,7 @@ import numpy as np
 from lintrans.io import load_npz, require_float_array, require_int
 from lintrans.numerics import einsum
 
-__all__ = ["RegressionBatch", "LinearDraws", "sample_linear", "sample_linear_xy", "sample_linear_split", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts"]
+__all__ = ["RegressionBatch", "LinearDraws", "sample_linear", "sample_linear_xy", "sample_linear_split", "tokens_from_xy", "split_prompt", "random_prompts", "load_prompts", "LinearTask"]
 
 
 class RegressionBatch(NamedTuple):
@@ -212,3 +213,38 @@ def load_prompts(path, dtype=None) -> jax.Array:
     if B < 1 or D < 2 or T < 2:
         raise ValueError(f"{path}: H must have shape (B, D, N+1) with B >= 1, D >= 2, N >= 1; got {H.shape}")
     return jnp.asarray(H, dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearTask:
+    """The regression task with its sampler options, one value for training and evaluation (issue 10).
+
+    ``w ~ N(0, I_d)`` (``sparsity``: k coordinates kept), ``x = C z`` with ``C = cov_sqrt``
+    (``None``: ``I``), ``y = wᵀx + σε``; prompts of ``n_demos`` demonstrations. ``cov_sqrt`` is
+    held as a tuple of rows so the task is hashable (a static argument of a jitted function).
+    """
+
+    d_in: int
+    n_demos: int
+    noise_std: float = 0.0
+    sparsity: int | None = None
+    cov_sqrt: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self):
+        check_task_args(1, self.n_demos, self.d_in, noise_std=self.noise_std, sparsity=self.sparsity,
+                        cov_sqrt=self.cov_sqrt)
+
+    def cov_sqrt_array(self, dtype=jnp.float64) -> np.ndarray | None:
+        """``Σ^{1/2}`` as a ``(d, d)`` array, or ``None`` for isotropic inputs."""
+        return None if self.cov_sqrt is None else np.asarray(self.cov_sqrt, dtype=dtype)
+
+    def sigma(self) -> np.ndarray:
+        """``Σ = C Cᵀ``, the input covariance ``(d, d)`` (float64)."""
+        c = self.cov_sqrt_array(np.float64)
+        return np.eye(self.d_in) if c is None else c @ c.T
+
+    def sample(self, key: jax.Array, n_prompts: int, dtype=jnp.float32) -> RegressionBatch:
+        """``n_prompts`` prompts of this task (:func:`sample_linear`)."""
+        cov = self.cov_sqrt_array(dtype)
+        return sample_linear(key, n_prompts, self.n_demos, self.d_in, noise_std=self.noise_std,
+                             sparsity=self.sparsity, cov_sqrt=None if cov is None else jnp.asarray(cov, dtype), dtype=dtype)
