@@ -1,21 +1,13 @@
-"""Theorem 2 under SVD truncation: a fast exact evaluator and the (layer, ξ, target) sweep (SPEC §6–7).
+"""Theorem 2 under SVD truncation: the (layer, ξ, target) sweep as one compiled call (SPEC §6–7).
 
-Fast path (mask ``"demos"``). Every token moves by ``A_{t-1} = I + W_{t-1}`` (Theorem 1, T3), so with
-``X_i = h_i^0 h_i^0ᵀ`` (layer-0 tokens), ``P_t = W_V^t A``, ``R_t = (W_K^t A)ᵀ W_Q^t A``::
-
-    g_{t,i} = s P_t X_i R_t,      G_t = s P_t S R_t  (S = Σ_i X_i),      ΔW_t = s P_t S (W_K^t A)ᵀ W_Q^t
-
-and ``C_t = c_b N² s² (1/N) Σ_i vec(P_t Z_i R_t) vec(P_t Z_i R_t)ᵀ`` with ``Z_i = X_i − X̄``. Factor once per
-prompt ``(1/N) Σ_i vec Z_i vec Z_iᵀ = Σ_j vec Y_j vec Y_jᵀ`` (``eigh``, ``r0`` terms: ``r0`` = its rank,
-``d_in(d_in+1)/2`` for noiseless prompts); then ``C_t = F Fᵀ`` with ``F_j = √c_b N s · P_t Y_j R_t`` and the
-non-zero eigenvalues of ``C_t`` are those of the ``r0 × r0`` Gram matrix ``FᵀF``: per prompt and layer
-``O(r0·D³ + r0³)`` work, independent of ``N`` and without the ``D² × D²`` matrix. Exact algebra, not an
-approximation (the direct path :func:`lintrans.bound.term_stats` agrees to rounding; tested).
-
-Sweep. A sweep point is (layer ``k``, ranks of ``w_k, w_q, w_v``); every (layer, ξ, target) maps to
-one point, and equal points are evaluated once (in small ``D`` several ``ξ`` give the same ``r``).
-All points go through one compiled call: ``lax.map`` over points (bounding memory), ``vmap`` over
-prompts, ``lax.scan`` over layers. Layer ``k`` is 1-based in every result.
+A sweep point is (layer ``k``, ranks of ``w_k, w_q, w_v``); every (layer, ξ, target) maps to one point,
+and equal points are evaluated once (in small ``D`` several ``ξ`` give the same ``r``). All points go
+through one compiled call: ``lax.map`` over points (bounding memory), ``vmap`` over prompts,
+``lax.scan`` over layers, with the factored kernels of :mod:`lintrans.bound_factored` (mask
+``demos``) or the direct ones of :mod:`lintrans.bound` (any mask). Every form of the registry
+(:mod:`lintrans.bound_forms`) is computed; only the finite, continuous ones are reported as the bound.
+Layer ``k`` is 1-based in every result. For the bound of one model (or a vmapped family of models) on
+a batch of prompts, :func:`lintrans.bound_eval.theorem2_bound` is the simpler entry point.
 """
 
 from __future__ import annotations
@@ -27,150 +19,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintrans.attention import check_options, scale_factor
+from lintrans.attention import check_options
 from lintrans.bound import (
-    EPS_GRID,
-    RTOL,
     SUPPORT_TOL,
-    TermStats,
-    _bound_summands,
-    _risks_one,
-    _term_stats,
+    bound_summands,
     bound_value,
     check_shots,
     describe_bounds,
     estimate_R,
+    prompt_risks,
     require_x64,
-    shot_factor,
+    structural_rank_bound,
+    term_stats,
 )
-from lintrans.numerics import einsum, mm
+from lintrans.bound_factored import batch_term_stats, covariance_factor, factor_rank
+from lintrans.bound_forms import EPS_GRID, FORMS, names
 from lintrans.params import FIELDS, LinearAttentionParams, validate_params
 from lintrans.pruning import PAPER_RATES, check_rate, kept_rank
 from lintrans.truncation import check_layer, target_fields, truncate_params_to_rank
 
-__all__ = [
-    "BASIS_RTOL",
-    "covariance_factor",
-    "factor_rank",
-    "fast_term_stats",
-    "SweepResult",
-    "PreparedSweep",
-    "prepare_sweep",
-    "bound_sweep",
-]
+__all__ = ["SweepResult", "PreparedSweep", "prepare_sweep", "bound_sweep"]
 
-#: Relative eigenvalue threshold of the per-prompt factor of the token second-moment covariance
-#: (far below :data:`lintrans.bound.RTOL`: only rounding noise is dropped here).
-BASIS_RTOL = 1e-13
+#: Forms with one value per ε (the ridged ones); the others have one value per point.
+RIDGED = names(covariance="ridge")
 
 
-def _token_moments(H):
-    n_demos = H.shape[1] - 1
-    h = H[:, :n_demos]
-    X = einsum("an,bn->nab", h, h)  # (N, D, D)
-    D = H.shape[0]
-    Z = (X - jnp.mean(X, axis=0)).reshape(n_demos, D * D)
-    lam, Q = jnp.linalg.eigh(mm(Z.T, Z) / n_demos)
-    return jnp.sum(X, axis=0), lam, Q
-
-
-def factor_rank(H: jax.Array, rtol: float = BASIS_RTOL) -> int:
-    """``r0``: the largest rank over prompts ``H (B, D, N+1)`` of ``(1/N) Σ_i vec Z_i vec Z_iᵀ`` (eager)."""
-    lam = jax.jit(jax.vmap(lambda h: _token_moments(h)[1]))(H)
-    return int(jnp.max(jnp.sum(lam > rtol * lam[:, -1:], axis=-1)))
-
-
-def covariance_factor(H: jax.Array, r0: int, rtol: float = BASIS_RTOL) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(S, Y, E)`` for one prompt: ``S = Σ_i h_i h_iᵀ`` ``(D, D)``; ``Y`` ``(r0, D, D)`` with
-    ``(1/N) Σ_i vec Z_i vec Z_iᵀ = Σ_j vec Y_j vec Y_jᵀ`` (eigenvalues ``≤ rtol·λ_max`` set to 0); and
-    ``E`` ``(D, D)``, the part of ``S`` orthogonal to ``span{Y_j}``.
-
-    Since ``G_t = s P_t S R_t`` and ``F_j ∝ P_t Y_j R_t``, ``G_t − s P_t E R_t ∈ range F = supp C_t``: the
-    residual of ``vec G_t`` outside the support is at most ``‖s P_t E R_t‖`` (``E = 0`` certifies every
-    layer at once; it is, when ``N > r0`` generic tokens span the symmetric matrices on their span).
-    """
-    S, lam, Q = _token_moments(H)
-    D = H.shape[0]
-    top, vecs = lam[-r0:], Q[:, -r0:]
-    keep = top > rtol * lam[-1]
-    Y = (vecs * jnp.sqrt(jnp.where(keep, top, 0.0))).T.reshape(r0, D, D)
-    basis = jnp.where(keep, vecs, 0.0)
-    e = S.reshape(-1) - mm(basis, mm(basis.T, S.reshape(-1)))
-    return S, Y, e.reshape(D, D)
-
-
-def _layer_update(weights, A, S, s):
-    """``(G_t, ΔW_t, P_t, R_t)`` of one layer from ``A = I + W_{t-1}`` (Theorem 1, T4)."""
-    w_k, w_q, w_v = weights
-    P = mm(w_v, A)
-    KA = mm(w_k, A)
-    R = mm(KA.T, mm(w_q, A))
-    dW = s * mm(mm(mm(P, S), KA.T), w_q)
-    return mm(dW, A), dW, P, R
-
-
-def _layer_stats(G, dW, P, R, A, Y, E, const, s):
-    """:class:`TermStats` of one layer and prompt from the factor ``(Y, E)`` (the heavy part: ``eigh``).
-
-    ``support_residual`` here is the upper bound ``‖s P E R‖/‖G_t‖`` (:func:`covariance_factor`)."""
-    F = const * einsum("ab,jbc,cd->jad", P, Y, R)
-    gram = einsum("jab,kab->jk", F, F)
-    lam = jnp.linalg.eigvalsh(gram)
-    resid = jnp.linalg.norm(s * mm(mm(P, E), R))
-    norm_G = jnp.linalg.norm(G)
-    return TermStats(
-        sq_printed=jnp.sum(dW * dW) * jnp.sum(A * A),
-        sq_proof=norm_G**2,
-        trace=jnp.trace(gram),
-        eigvals=lam,
-        support_residual=jnp.where(norm_G > 0, resid / jnp.where(norm_G > 0, norm_G, 1.0), 0.0),
-    )
-
-
-def fast_term_stats(params, S, Y, E, n_demos: int, b: int, scale: str = "1"):
-    """:class:`lintrans.bound.TermStats` of every term of one prompt via the factor ``(S, Y, E)``.
-
-    Returns ``(stats, A_L)``: fields ``(L, ...)`` (``eigvals`` ``(L, r0)``, the other ``d − r0``
-    eigenvalues of ``C_t`` exactly 0) and ``A_L = I + W_L`` ``(D, D)``. Mask ``"demos"`` only.
-    """
-    s = scale_factor(scale, n_demos)
-    const = np.sqrt(shot_factor(b, n_demos)) * n_demos * s
-
-    def step(A, weights):
-        G, dW, P, R = _layer_update(weights, A, S, s)
-        return A + G, _layer_stats(G, dW, P, R, A, Y, E, const, s)
-
-    A_L, stats = jax.lax.scan(step, jnp.eye(S.shape[0], dtype=S.dtype), (params.w_k, params.w_q, params.w_v))
-    return stats, A_L
-
-
-def _batch_stats(params, S, Y, E, k, reuse, n_demos, b, scale):
-    """Stats ``(B, L, ...)`` and ``A_L`` ``(B, D, D)`` of a batch: ``lax.scan`` over layers, ``vmap`` over
-    prompts. With ``reuse`` (stats ``(L, B, ...)`` of the unpruned model) the terms ``t < k`` (0-based)
-    are taken from it instead of recomputed — pruning layer ``k`` cannot change them (T6) — which
-    skips the ``eigh`` there (a real branch: ``k`` is not batched)."""
-    s = scale_factor(scale, n_demos)
-    const = np.sqrt(shot_factor(b, n_demos)) * n_demos * s
-    B, D = S.shape[0], S.shape[-1]
-    upd = jax.vmap(_layer_update, in_axes=(None, 0, 0, None))
-    heavy = jax.vmap(_layer_stats, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))
-
-    def step(A, xs):
-        weights, t, old = xs
-        G, dW, P, R = upd(weights, A, S, s)
-        if old is None:
-            stats = heavy(G, dW, P, R, A, Y, E, const, s)
-        else:
-            stats = jax.lax.cond(t >= k, lambda: heavy(G, dW, P, R, A, Y, E, const, s), lambda: old)
-        return A + G, stats
-
-    eye = jnp.broadcast_to(jnp.eye(D, dtype=S.dtype), (B, D, D))
-    xs = ((params.w_k, params.w_q, params.w_v), jnp.arange(params.w_k.shape[0]), reuse)
-    A_L, stats = jax.lax.scan(step, eye, xs)
-    return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), stats), A_L
-
-
-def _aggregate(summ, stats, rk, d, n_demos):
+def _aggregate(summ, stats, rk, rank_bound):
     B = rk.gap.shape[0]
 
     def sem(x):
@@ -182,9 +56,10 @@ def _aggregate(summ, stats, rk, d, n_demos):
         & jnp.isfinite(rk.L_mu)
     )
     total = jnp.sum(summ["printed_support_prompt"], axis=-1)
-    out = {k: summ[k] for k in ("printed_raw", "proof_raw", "printed_ridge", "proof_ridge",
-                                "printed_support", "proof_support", "eps_t")}
+    out = {k: summ[k] for k in (*FORMS, "eps_t")}
     out.update(
+        rank_bound_min=jnp.min(rank_bound, axis=0),
+        rank_bound_max=jnp.max(rank_bound, axis=0),
         rank_min=jnp.min(summ["rank"], axis=0),
         rank_max=jnp.max(summ["rank"], axis=0),
         rank_mean=jnp.mean(summ["rank"], axis=0),
@@ -213,22 +88,24 @@ def _aggregate(summ, stats, rk, d, n_demos):
 
 
 def _sweep_core(params, H, y_query, w, noise_std, cov_sqrt, layer_index, ranks, *, r0, n_demos, b, scale,
-                readout, eps, rtol, support_tol, method, mask, chunk):
+                readout, eps, support_tol, method, mask, chunk):
     D = H.shape[1]
     d = D * D
     eye = jnp.eye(D, dtype=H.dtype)
+    L = params.w_k.shape[0]
+    rank_bound = jax.vmap(lambda h: structural_rank_bound(h, L, mask=mask))(H)  # (B, L): data and mask only
     if method == "factored":
         S, Y, E = jax.vmap(lambda h: covariance_factor(h, r0))(H)
 
     def evaluate(p, k, reuse):
         if method == "factored":
-            stats, A_L = _batch_stats(p, S, Y, E, k, reuse, n_demos, b, scale)
+            stats, A_L = batch_term_stats(p, S, Y, E, n_demos, b, scale, first_changed=k, reuse=reuse)
             W_L = A_L - eye
         else:
-            stats, W_L = jax.vmap(lambda h: _term_stats(p, h, b, mask=mask, scale=scale, rtol=rtol))(H)
-        summ = _bound_summands(stats, d, eps=eps, rtol=rtol, support_tol=support_tol)
-        rk = jax.vmap(_risks_one, in_axes=(0, 0, 0, 0, None, None, None))(W_L, H, w, y_query, noise_std, cov_sqrt, readout)
-        return _aggregate(summ, stats, rk, d, n_demos), stats, rk
+            stats, W_L = jax.vmap(lambda h: term_stats(p, h, b, mask=mask, scale=scale))(H)
+        summ = bound_summands(stats, d, eps=eps, support_tol=support_tol)
+        rk = jax.vmap(prompt_risks, in_axes=(0, 0, 0, 0, None, None, None))(W_L, H, w, y_query, noise_std, cov_sqrt, readout)
+        return _aggregate(summ, stats, rk, rank_bound), stats, rk
 
     def paired(out, rk, rk0):
         # differences to the unpruned model on the same prompts: far tighter than the levels' spread
@@ -255,7 +132,7 @@ def _sweep_core(params, H, y_query, w, noise_std, cov_sqrt, layer_index, ranks, 
 
 
 _sweep_core_jit = jax.jit(_sweep_core, static_argnames=(
-    "r0", "n_demos", "b", "scale", "readout", "eps", "rtol", "support_tol", "method", "mask", "chunk"))
+    "r0", "n_demos", "b", "scale", "readout", "eps", "support_tol", "method", "mask", "chunk"))
 
 
 class SweepResult(NamedTuple):
@@ -275,10 +152,10 @@ class SweepResult(NamedTuple):
         """Everything about one point, with bounds (``/R`` and with ``R̂``) and reasons for each ``inf``."""
         a = {k: v[point] for k, v in self.arrays.items()}
         R_hat = estimate_R(a["loss_var"])
-        summed = {f: float(np.sum(a[f])) for f in ("printed_raw", "proof_raw", "printed_support", "proof_support")}
+        summed = {f: float(np.sum(a[f])) for f in FORMS if f not in RIDGED}
         bounds = {f: float(bound_value(a[f], self.n_demos)) for f in summed}
         for j, e in enumerate(self.eps):
-            for f in ("printed_ridge", "proof_ridge"):
+            for f in RIDGED:
                 summed[f"{f}@{e:g}"] = float(np.sum(a[f][j]))
                 bounds[f"{f}@{e:g}"] = float(bound_value(a[f][j], self.n_demos))
         n_out = int(np.sum(a["out_of_support"]))
@@ -328,7 +205,6 @@ def prepare_sweep(
     mask: str = "demos",
     scale: str = "1",
     readout: int = 1,
-    rtol: float = RTOL,
     support_tol: float = SUPPORT_TOL,
     method: str = "auto",
     chunk: int | None = None,
@@ -346,7 +222,7 @@ def prepare_sweep(
         ``K, Q, V, attn``; rule, min_rank: :func:`lintrans.pruning.kept_rank`.
       eps: relative ridges; noise_std, cov_sqrt: the task's label noise and ``Σ^{1/2}`` (for ``L_μ``).
       mask, scale, readout: the model's options. method: ``"factored"`` (mask ``"demos"``),
-        ``"direct"`` (``eigh`` of the ``D² × D²`` ``C_t``; any mask), or ``"auto"``.
+        ``"direct"`` (SVD of the ``N × D²`` factor of ``C_t``; any mask), or ``"auto"``.
       chunk: sweep points evaluated at once (``lax.map`` batch size; ``None``: one at a time).
     """
     require_x64()
@@ -386,7 +262,7 @@ def prepare_sweep(
     noise = jnp.asarray(noise_std, jnp.float64)
     cov = None if cov_sqrt is None else jnp.asarray(cov_sqrt, jnp.float64)
     fn = partial(
-        _sweep_core_jit, r0=r0, n_demos=n_demos, b=b, scale=scale, readout=readout, eps=eps, rtol=float(rtol),
+        _sweep_core_jit, r0=r0, n_demos=n_demos, b=b, scale=scale, readout=readout, eps=eps,
         support_tol=float(support_tol), method=method, mask=mask, chunk=chunk,
     )
     fn._cache_size = _sweep_core_jit._cache_size  # lets a benchmark detect a recompilation

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintrans import bound, bound_sweep
+from lintrans import bound, bound_factored, bound_sweep
 from lintrans.attention import predict
 from lintrans.bound import TermStats, bound_summands, contributions, noise_covariance, term_stats
 from lintrans.params import LinearAttentionParams
@@ -111,10 +111,10 @@ def test_rank_of_C_t_and_G_t_in_its_support(d_in, noise, predicted):
 def test_fast_factored_path_equals_direct_eigh_path():
     params, batch = _setup(noise=0.3)
     direct, W_direct = _stats(params, batch, 8)
-    r0 = bound_sweep.factor_rank(batch.H)
+    r0 = bound_factored.factor_rank(batch.H)
     assert r0 == 10, "token second-moment covariance has rank D(D+1)/2 = 10 with label noise"
-    S, Y, E = jax.vmap(lambda h: bound_sweep.covariance_factor(h, r0))(batch.H)
-    fast, A_L = jax.vmap(lambda s, y, e: bound_sweep.fast_term_stats(params, s, y, e, 24, 8, "1/N"))(S, Y, E)
+    S, Y, E = jax.vmap(lambda h: bound_factored.covariance_factor(h, r0))(batch.H)
+    fast, A_L = jax.vmap(lambda s, y, e: bound_factored.fast_term_stats(params, s, y, e, 24, 8, "1/N"))(S, Y, E)
     for name in ("sq_printed", "sq_proof", "trace"):
         assert _rel(getattr(fast, name), getattr(direct, name)) <= 1e-10, f"{name}: fast = direct (rtol 1e-10)"
     assert _rel(fast.eigvals, direct.eigvals[..., -r0:]) <= 1e-10, "non-zero eigenvalues of C_t agree (rtol 1e-10)"
@@ -160,8 +160,8 @@ def test_each_summand_invariant_under_scaling_G_and_C():
         assert _rel(a[name], b[name]) <= 1e-9, f"{name} unchanged under (cG, c²C) (rtol 1e-9)"
     # and at the level of the formula, with a synthetic spectrum of full rank (the raw form is finite)
     lam = jnp.array([[[0.5, 1.0, 2.0, 3.0]]])
-    st = TermStats(jnp.array([[2.0]]), jnp.array([[1.5]]), lam.sum(-1), lam, jnp.zeros((1, 1)))
-    st2 = TermStats(*(c**2 * x for x in st[:4]), st.support_residual)
+    st = TermStats(jnp.array([[2.0]]), jnp.array([[1.5]]), lam.sum(-1), lam, jnp.array([[4]]), jnp.zeros((1, 1)))
+    st2 = TermStats(*(c**2 * x for x in st[:4]), st.rank, st.support_residual)
     for name in ("printed_raw", "proof_raw", "printed_support", "printed_ridge"):
         assert _rel(bound_summands(st, 4)[name], bound_summands(st2, 4)[name]) <= 1e-12
 
