@@ -42,9 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lintrans import stats
+from lintrans.io import require_int
 from lintrans.pruning import PAPER_RATES, RANK_RULES, check_rate, condition_number, kept_rank
 from lintrans.truncation import TARGETS, target_fields, truncate_params_to_rank
-from lintrans.io import require_int
 
 __all__ = [
     "GROUPS",
@@ -57,6 +58,7 @@ __all__ = [
     "select_layer",
     "choose_rate",
     "group_ranks",
+    "prompt_mean_se",
     "candidate_errors",
     "sweep_errors",
     "clip_search",
@@ -177,7 +179,7 @@ def choose_rate(rates, scores) -> tuple[float, int]:
 
     Returns:
       ``(xi_star, index)`` with ``index`` into the given arrays. ``ValueError`` when the lengths
-      differ, the set is empty or no score is finite.
+      differ, the set is empty, a rate repeats or no score is finite.
     """
     rates = np.asarray(rates, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -187,6 +189,11 @@ def choose_rate(rates, scores) -> tuple[float, int]:
         raise ValueError(f"scores must have the shape of rates {rates.shape}, got {scores.shape}")
     if len(set(rates.tolist())) != rates.size:
         raise ValueError(f"rates must not repeat a value, got {rates.tolist()}")
+    return _choose(rates, scores)
+
+
+def _choose(rates: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
+    """:func:`choose_rate` on rates already validated (:func:`check_rates`): the choice alone."""
     finite = np.isfinite(scores)
     if not finite.any():
         raise ValueError(f"no candidate has a finite validation score (scores: {scores.tolist()})")
@@ -299,11 +306,17 @@ class ClipSearchResult(NamedTuple):
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
 
 
-def _mean_se(errors: np.ndarray, axis=-1) -> tuple[np.ndarray, np.ndarray]:
-    errors = np.asarray(errors, dtype=np.float64)
-    n = errors.shape[axis]
-    mean = errors.mean(axis=axis)
-    se = errors.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+def prompt_mean_se(errors, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over prompts and its standard error (:func:`lintrans.stats.prompt_interval`: ddof 1,
+    NaN for one prompt). Rows holding a NaN/Inf error (a clip that broke the model) keep their
+    non-finite mean and get a NaN standard error instead of being refused."""
+    errors = np.moveaxis(np.asarray(errors, dtype=np.float64), axis, -1)
+    mean = np.asarray(errors.mean(axis=-1))
+    se = np.full(mean.shape, np.nan)
+    ok = np.all(np.isfinite(errors), axis=-1)
+    if ok.any():
+        iv = stats.prompt_interval(errors[ok], axis=-1)
+        mean[ok], se[ok] = iv.mean, iv.se
     return mean, se
 
 
@@ -340,7 +353,7 @@ def clip_search(
       :class:`ClipSearchResult`. ``ValueError`` names the bad argument.
     """
     fields = group_fields(params, group)
-    rates = check_rates(rates)
+    rates = check_rates(rates)  # the one validation of the rates in this call; below they are trusted
     top_k = check_top_k(top_k)
     for name, v in (("n_val", n_val), ("n_test", n_test), ("chunk", chunk)):
         require_int(name, v)
@@ -365,16 +378,16 @@ def clip_search(
     y_all = jnp.concatenate([y_val, y_test.astype(y_val.dtype)])
     err = np.asarray(candidate_errors(params, score_fn, fields, layer - 1, jnp.asarray(unique), H_all, y_all, chunk))
     val_err, test_err = err[:, : int(n_val)], err[:, int(n_val):]
-    val_mean_u, val_se_u = _mean_se(val_err)
+    val_mean_u, val_se_u = prompt_mean_se(val_err)
     val_before = float(val_mean_u[inverse[0]])
     val_curve, val_se = val_mean_u[inverse[1:]], val_se_u[inverse[1:]]
     nonfinite = tuple(float(x) for x, v in zip(rates, val_curve) if not np.isfinite(v))
-    xi_star, index = choose_rate(rates, val_curve)
+    xi_star, index = _choose(np.asarray(rates), val_curve)
 
-    test_mean_u, _ = _mean_se(test_err)
+    test_mean_u, _ = prompt_mean_se(test_err)
     before, after = test_err[inverse[0]], test_err[inverse[1 + index]]
-    (tb, ta), (tb_se, ta_se) = _mean_se(np.stack([before, after]))
-    delta, delta_se = _mean_se(after - before)
+    (tb, ta), (tb_se, ta_se) = prompt_mean_se(np.stack([before, after]))
+    delta, delta_se = prompt_mean_se(after - before)
     clipped = truncate_params_to_rank(params, layer - 1, fields, jnp.asarray(ranks[index]))
     return ClipSearchResult(
         group=group,

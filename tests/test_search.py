@@ -279,3 +279,27 @@ def test_t_quantile_known_values_and_seed_interval():
     assert np.isnan(one.se).all() and one.n == 1, "one seed: no spread estimate, never 0"
     with pytest.raises(ValueError, match="NaN/Inf"):
         seed_interval([1.0, np.nan])
+
+
+def test_prompt_mean_se_one_rule_for_one_prompt_and_nonfinite_rows():
+    from lintrans.search import prompt_mean_se
+
+    mean, se = prompt_mean_se(np.array([[1.0, 2.0, 3.0], [np.nan, 1.0, 1.0], [np.inf, 0.0, 0.0]]))
+    np.testing.assert_allclose(mean[0], 2.0, rtol=1e-12)
+    np.testing.assert_allclose(se[0], 1 / np.sqrt(3), rtol=1e-12, err_msg="s.e. = std(ddof 1)/√n")
+    assert np.isnan(mean[1]) and np.isinf(mean[2]) and np.isnan(se[1:]).all(), "a broken clip keeps its NaN/Inf mean"
+    _, se1 = prompt_mean_se(np.array([[0.5], [0.7]]))
+    assert np.isnan(se1).all(), "one prompt: no spread estimate, never 0 (lintrans.stats' rule)"
+
+
+def test_clip_search_validates_the_rates_once(monkeypatch):
+    """One clip_search call runs check_rates once and never re-validates them in choose_rate."""
+    import lintrans.search as search
+
+    calls = []
+    real = search.check_rates
+    monkeypatch.setattr(search, "check_rates", lambda rates: calls.append(rates) or real(rates))
+    monkeypatch.setattr(search, "choose_rate", lambda *a: pytest.fail("choose_rate re-validates the rates"))
+    res = search.clip_search(jax.random.PRNGKey(0), small_params(n_layers=2), linear_error, "attn", (0.5, 0.0), top_k=1,
+                             sample_fn=sample, n_val=2, n_test=2)
+    assert len(calls) == 1 and res.rates.tolist() == [0.0, 0.5]
