@@ -9,7 +9,8 @@ Symbols → code: ``W_K^t, W_Q^t, W_V^t`` → ``params.w_k[t-1]``, ``params.w_q[
 ``params.w_v[t-1]``; ``H_s`` → ``H[:, :N]``; ``s`` → :func:`scale_factor` of the option ``scale``;
 ``ρ`` → ``readout``.
 
-Options (named, validated by :func:`check_options`):
+Options: one :class:`AttentionOptions` value ``(mask, scale, readout)``, validated once when it is
+made, with ``s(N)``; every function takes either that value (``options=``) or the three keywords.
 
 * ``mask="demos"`` (default, the paper's ``M = diag(I_N, 0)``): keys and values come from the N
   demonstrations only, and every token, the query included, moves by the same ``I + ΔW_t``.
@@ -27,6 +28,8 @@ All functions act on one prompt; batch with ``jax.vmap``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -37,6 +40,8 @@ __all__ = [
     "MASKS",
     "SCALES",
     "READOUTS",
+    "AttentionOptions",
+    "resolve_options",
     "check_options",
     "scale_factor",
     "delta_w",
@@ -52,20 +57,48 @@ SCALES = ("1", "1/N")
 READOUTS = (1, -1)
 
 
-def check_options(mask: str = "demos", scale: str = "1", readout: int = 1) -> None:
-    """Raise ``ValueError`` naming the option when ``mask``, ``scale`` or ``readout`` is unknown."""
-    if mask not in MASKS:
-        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if isinstance(readout, bool) or readout not in READOUTS:
-        raise ValueError(f"readout must be +1 or -1, got {readout!r}")
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    """The attention variant ``(mask, scale, readout)``, validated once here (hashable: a static jit argument).
+
+    ``mask`` in :data:`MASKS`, ``scale`` in :data:`SCALES`, ``readout`` ``ρ`` in :data:`READOUTS`.
+    """
+
+    mask: str = "demos"
+    scale: str = "1"
+    readout: int = 1
+
+    def __post_init__(self):
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {MASKS}, got {self.mask!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        if isinstance(self.readout, bool) or self.readout not in READOUTS:
+            raise ValueError(f"readout must be +1 or -1, got {self.readout!r}")
+
+    def s(self, n_demos: int) -> float:
+        """The attention scale ``s``: 1 for ``scale="1"``, ``1/N`` for ``scale="1/N"``."""
+        return 1.0 if self.scale == "1" else 1.0 / n_demos
+
+
+def resolve_options(options: AttentionOptions | None = None, mask: str = "demos", scale: str = "1",
+                    readout: int = 1) -> AttentionOptions:
+    """``options`` if given (already valid), else the options named by the keywords (validated now)."""
+    if options is None:
+        return AttentionOptions(mask, scale, readout)
+    if not isinstance(options, AttentionOptions):
+        raise TypeError(f"options must be an AttentionOptions, got {type(options).__name__}")
+    return options
+
+
+def check_options(mask: str = "demos", scale: str = "1", readout: int = 1) -> AttentionOptions:
+    """The validated :class:`AttentionOptions`; ``ValueError`` naming the option when one is unknown."""
+    return AttentionOptions(mask, scale, readout)
 
 
 def scale_factor(scale: str, n_demos: int) -> float:
-    """``s``: 1 for ``scale="1"``, ``1/N`` for ``scale="1/N"``."""
-    check_options(scale=scale)
-    return 1.0 if scale == "1" else 1.0 / n_demos
+    """``s``: 1 for ``scale="1"``, ``1/N`` for ``scale="1/N"`` (:meth:`AttentionOptions.s`)."""
+    return AttentionOptions(scale=scale).s(n_demos)
 
 
 def delta_w(w_k: jax.Array, w_q: jax.Array, w_v: jax.Array, H_s: jax.Array, s: float) -> jax.Array:
@@ -113,42 +146,46 @@ def layer(w_k, w_q, w_v, H: jax.Array, s: float, mask: str = "demos") -> tuple[j
 
 
 def forward_states(
-    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1"
+    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1",
+    options: AttentionOptions | None = None,
 ) -> jax.Array:
     """All intermediate token states ``H^0 … H^L``: ``(L+1, D, N+1)``."""
-    check_options(mask, scale)
-    s = scale_factor(scale, H.shape[1] - 1)
+    opts = resolve_options(options, mask, scale)
+    s = opts.s(H.shape[1] - 1)
 
     def step(H_prev, weights):
-        H_next, _ = layer(*weights, H_prev, s, mask)
+        H_next, _ = layer(*weights, H_prev, s, opts.mask)
         return H_next, H_next
 
     _, states = jax.lax.scan(step, H, (params.w_k, params.w_q, params.w_v))
     return jnp.concatenate([H[None], states], axis=0)
 
 
-def forward(params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1") -> jax.Array:
+def forward(params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1",
+            options: AttentionOptions | None = None) -> jax.Array:
     """Final tokens ``H^L``: ``(D, N+1)``."""
-    check_options(mask, scale)
-    s = scale_factor(scale, H.shape[1] - 1)
+    opts = resolve_options(options, mask, scale)
+    s = opts.s(H.shape[1] - 1)
 
     def step(H_prev, weights):
-        return layer(*weights, H_prev, s, mask)[0], None
+        return layer(*weights, H_prev, s, opts.mask)[0], None
 
     H_last, _ = jax.lax.scan(step, H, (params.w_k, params.w_q, params.w_v))
     return H_last
 
 
 def predict_tokens(
-    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1", readout: int = 1
+    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1", readout: int = 1,
+    options: AttentionOptions | None = None,
 ) -> jax.Array:
     """``ŷ = ρ · (h^L_{N+1})[D-1]`` through the explicit token-by-token forward pass (reference)."""
-    check_options(mask, scale, readout)
-    return readout * forward(params, H, mask=mask, scale=scale)[-1, -1]
+    opts = resolve_options(options, mask, scale, readout)
+    return opts.readout * forward(params, H, options=opts)[-1, -1]
 
 
 def predict(
-    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1", readout: int = 1
+    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1", readout: int = 1,
+    options: AttentionOptions | None = None,
 ) -> jax.Array:
     """Query prediction ``ŷ = ρ · (h^L_{N+1})[D-1]`` (scalar), the fast way.
 
@@ -158,11 +195,11 @@ def predict(
     N is, and ``ŷ = ρ · e_{D-1}^T A_L h^0_{N+1}``. With ``mask="causal"`` it falls back to
     :func:`predict_tokens`. Equal to :func:`predict_tokens` up to rounding (tested in float64).
     """
-    check_options(mask, scale, readout)
-    if mask != "demos":
-        return predict_tokens(params, H, mask=mask, scale=scale, readout=readout)
+    opts = resolve_options(options, mask, scale, readout)
+    if opts.mask != "demos":
+        return predict_tokens(params, H, options=opts)
     n_demos = H.shape[1] - 1
-    s = scale_factor(scale, n_demos)
+    s = opts.s(n_demos)
     H_s = H[:, :n_demos]
     gram = mm(H_s, H_s.T)  # S, (D, D)
     eye = jnp.eye(H.shape[0], dtype=H.dtype)
@@ -173,4 +210,4 @@ def predict(
         return A + mm(dw, A), None
 
     A_last, _ = jax.lax.scan(step, eye, (params.w_k, params.w_q, params.w_v))
-    return readout * jnp.dot(A_last[-1], H[:, -1], precision="highest")
+    return opts.readout * jnp.dot(A_last[-1], H[:, -1], precision="highest")

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lintrans.attention import check_options, scale_factor
+from lintrans.attention import check_options
 from lintrans.numerics import mm, numerical_rank, rel_err
 from lintrans.params import LinearAttentionParams
 from lintrans.trajectory import Trajectory, first_nonfinite, trajectory
@@ -155,9 +155,9 @@ def identity_errors(
     kernels can deadlock when several simulated devices run them at once (see
     :mod:`lintrans.sharding`), so sharded sweeps on simulated CPU devices use this one.
     """
-    check_options(mask, scale)
-    traj = trajectory(params, H, mask=mask, scale=scale)
-    errors = _identities(params, traj, mask, scale_factor(scale, H.shape[1] - 1))
+    opts = check_options(mask, scale)
+    traj = trajectory(params, H, options=opts)
+    errors = _identities(params, traj, opts.mask, opts.s(H.shape[1] - 1))
     return jnp.stack(errors), first_nonfinite(traj)[0]
 
 
@@ -165,9 +165,9 @@ def check_theorem1(
     params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1"
 ) -> Theorem1Report:
     """Run the trajectory of one prompt and every check T1–T5 on it (vmap over prompts)."""
-    check_options(mask, scale)
-    traj = trajectory(params, H, mask=mask, scale=scale)
-    t1, t2, t3, t4 = _identities(params, traj, mask, scale_factor(scale, H.shape[1] - 1))
+    opts = check_options(mask, scale)
+    traj = trajectory(params, H, options=opts)
+    t1, t2, t3, t4 = _identities(params, traj, opts.mask, opts.s(H.shape[1] - 1))
     ranks, bound = t5_rank(traj)
     layer_idx, quantity = first_nonfinite(traj)
     return Theorem1Report(

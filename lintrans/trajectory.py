@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lintrans.attention import check_options, layer, scale_factor
+from lintrans.attention import AttentionOptions, layer, resolve_options
 from lintrans.numerics import mm
 from lintrans.params import LinearAttentionParams
 
@@ -45,7 +45,8 @@ class Trajectory(NamedTuple):
 
 
 def trajectory(
-    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1"
+    params: LinearAttentionParams, H: jax.Array, *, mask: str = "demos", scale: str = "1",
+    options: AttentionOptions | None = None,
 ) -> Trajectory:
     """Run the forward pass and record ``ΔW_t``, ``G_t``, ``W_t`` and every state (Theorem 1).
 
@@ -57,16 +58,17 @@ def trajectory(
     Args:
       params: ``(L, D, D)`` stacked weights.
       H: ``(D, N+1)`` prompt, query last.
-      mask, scale: see :mod:`lintrans.attention`.
+      mask, scale: see :mod:`lintrans.attention`; or ``options``, an already validated
+        :class:`~lintrans.attention.AttentionOptions`.
     """
-    check_options(mask, scale)
+    opts = resolve_options(options, mask, scale)
     D, n_tokens = H.shape
-    s = scale_factor(scale, n_tokens - 1)
+    s = opts.s(n_tokens - 1)
     eye = jnp.eye(D, dtype=H.dtype)
 
     def step(carry, weights):
         H_prev, W_prev = carry
-        H_next, dw = layer(*weights, H_prev, s, mask)
+        H_next, dw = layer(*weights, H_prev, s, opts.mask)
         G = mm(dw, eye + W_prev)
         W = W_prev + G
         return (H_next, W), (dw, G, W, H_next)
