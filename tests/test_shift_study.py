@@ -1,0 +1,95 @@
+"""The vectorised pruning-under-shift sweep (lintrans.shift_study): cells equal clipping by hand, pairing, statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lintrans import shift_study as ss
+from lintrans.attention import predict
+from lintrans.params import LinearAttentionParams
+from lintrans.shift import parse_shift
+from lintrans.trajectory import trajectory
+from lintrans.truncation import truncate_params
+
+D_IN, N, L, S = 3, 8, 2, 2
+RATES = (0.0, 0.5, 0.9)
+
+
+def _params():
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    D = D_IN + 1
+    return LinearAttentionParams(*(0.3 * jax.random.normal(k, (S, L, D, D), jnp.float64) for k in keys))
+
+
+def _sweep(measure, params, batch):
+    p0 = jax.tree_util.tree_map(lambda x: x[0], params)
+    plan = ss.plan_sweep(p0, ("K", "V", "attn"), RATES)
+    out = ss.sweep_points(params, measure, plan.fields, jnp.asarray(plan.layer_index), jnp.asarray(plan.points),
+                          batch.H, batch.y_query, chunk=7, point_chunk=3)
+    return plan, [np.asarray(o) for o in out]
+
+
+@pytest.mark.parametrize("mask,scale,readout", [("demos", "1/N", 1), ("causal", "1", -1)])
+def test_a_cell_equals_clipping_by_hand_and_scoring_directly(mask, scale, readout):
+    """Every cell's per-prompt error, ‖G_t‖ and step equal truncate_params + attention.predict / trajectory (rtol 1e-10)."""
+    params = _params()
+    batch = parse_shift("shots=5,noise=0.5").task(D_IN, N).sample(jax.random.PRNGKey(0), 9, dtype=jnp.float64)
+    m = ss.LinearMeasure(D_IN, mask, scale, readout)
+    plan, (err, g_tot, g_layer, steps) = _sweep(m, params, batch)
+    assert err.shape == (S, plan.points.shape[0], 9)
+
+    @jax.jit
+    def direct(p, H):  # the reference: attention.predict and Theorem 1's trajectory, compiled once
+        y_hat = jax.vmap(lambda h: predict(p, h, mask=mask, scale=scale, readout=readout))(H)
+        return y_hat, jax.vmap(lambda h: trajectory(p, h, mask=mask, scale=scale).G)(H)
+
+    for c in plan.cells:
+        for s in range(S):
+            ps = jax.tree_util.tree_map(lambda x: x[s], params)
+            clipped, ranks = truncate_params(ps, c["layer"], c["target"], c["xi"])
+            assert ranks == c["ranks"]
+            y_hat, G = direct(clipped, batch.H)
+            want = np.asarray((y_hat - batch.y_query) ** 2 / D_IN)
+            np.testing.assert_allclose(err[s, c["point"]], want, rtol=1e-10, atol=1e-14)
+            gn = np.sqrt(np.sum(np.asarray(G) ** 2, axis=(2, 3)))  # (B, L)
+            np.testing.assert_allclose(g_layer[s, c["point"]], gn.mean(0), rtol=1e-10)
+            np.testing.assert_allclose(g_tot[s, c["point"]], np.sqrt((gn**2).sum(1)), rtol=1e-10)
+            w = np.asarray(clipped.w_v[:, -1, -1]) * np.trace(np.einsum("lji,ljk->lik", clipped.w_k, clipped.w_q)[:, :D_IN, :D_IN], axis1=1, axis2=2) / D_IN
+            w = readout * w * (1.0 if scale == "1" else 1 / 5)
+            np.testing.assert_allclose(steps[s, c["point"]], w, rtol=1e-10)
+
+
+def test_pairing_same_prompts_for_pruned_and_unpruned():
+    """Point 0 is the unpruned model on the same prompts; ξ = 0 cells are point 0; paired stats use them."""
+    params = _params()
+    batch = parse_shift("none").task(D_IN, N).sample(jax.random.PRNGKey(1), 11, dtype=jnp.float64)
+    plan, (err, *_rest) = _sweep(ss.LinearMeasure(D_IN), params, batch)
+    direct = np.asarray((jax.vmap(lambda p: jax.vmap(lambda h: predict(p, h))(batch.H))(params) - batch.y_query) ** 2 / D_IN)
+    np.testing.assert_allclose(err[:, 0], direct, rtol=1e-12)
+    assert all(c["point"] == 0 for c in plan.cells if c["xi"] == 0.0)
+    assert len({(int(plan.layer_index[i]), tuple(plan.points[i])) for i in range(len(plan.points))}) == len(plan.points)
+    st = ss.cell_stats(err[:, 0], err[:, 0], null=1.0)
+    assert st["rel_change"] == 0.0 and st["log_ratio"] == 0.0 and st["frac_improved"] == 0.0
+
+
+def test_cell_stats_hand_case():
+    """Two seeds, two prompts: means, relative change, log ratio, tails and divergence counted by hand."""
+    e_u = np.array([[1.0, 3.0], [2.0, 2.0]])
+    e_p = np.array([[0.5, 1.5], [4.0, 1e9]])
+    st = ss.cell_stats(e_u, e_p, null=1.0)
+    rel = np.array([1.0 / 2.0 - 1, (4.0 + 1e9) / 2 / 2.0 - 1])
+    assert st["rel_change"] == pytest.approx(rel.mean(), rel=1e-12)
+    assert st["log_ratio"] == pytest.approx(np.mean([np.log(0.5), 0.5 * (np.log(2) + np.log(5e8))]), rel=1e-12)
+    assert st["diverged"] == 0 and st["diverged_pruned"] == 1
+    assert st["tail_frac"] == 0.0 and st["tail_frac_pruned"] == 0.25
+    assert st["frac_improved"] == 0.5 and not st["improves"]
+    assert st["median"] == pytest.approx(2.0) and st["median_pruned"] == pytest.approx((1.0 + (4 + 1e9) / 2) / 2)
+
+
+def test_plan_refuses_unknown_targets_and_layers():
+    p0 = jax.tree_util.tree_map(lambda x: x[0], _params())
+    with pytest.raises(ValueError, match="target 'mlp'.*allowed"):
+        ss.plan_sweep(p0, ("mlp",), RATES)
+    with pytest.raises(ValueError, match="layer 3 out of range"):
+        ss.plan_sweep(p0, ("V",), RATES, layers=(3,))
