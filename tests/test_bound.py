@@ -245,6 +245,7 @@ def test_risks_closed_form_monte_carlo_and_prediction():
 # ----------------------------------------------------------------------------- sweep and bad inputs
 
 
+@pytest.mark.slow
 def test_sweep_reuse_of_unpruned_prefix_equals_full_recomputation():
     """The sweep copies terms t < k from the unpruned model (T6); evaluating the points batched
     (chunk = 2) recomputes them. Sizes and options as in the script's smoke run (shared compile)."""
@@ -311,21 +312,58 @@ def _load_script():
     return mod
 
 
-def test_script_smoke_run_and_bad_flags(tmp_path, capsys):
+@pytest.mark.slow
+def test_script_smoke_run_plot_only_and_merged_rows(tmp_path, capsys):
     mod = _load_script()
     out_json = tmp_path / "r.json"
-    argv = ["--settings", "small", "--n-layers", "2", "--n-prompts", "4", "--n-demos", "12", "--shots", "4",
-            "--rates", "0,0.5,0.9", "--targets", "V,attn", "--seeds", "2", "--json", str(out_json),
+    argv = ["--quick", "--n-prompts", "4", "--n-demos", "12", "--shots", "4", "--rates", "0,0.5,0.6,0.9",
+            "--targets", "V,attn", "--seeds", "2", "--eps", "1e-6,1e-3", "--json", str(out_json),
             "--figures-dir", str(tmp_path), "--quiet"]
     assert mod.main(argv) == 0
+    written = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote: ")]
     doc = json.loads(out_json.read_text())
     res = doc["results"]["settings"]["small"]
-    assert len(res["entries"]) == 2 * 3 * 2
-    assert res["checks"]["min_summand"] >= -1e-9 and res["checks"]["rank_C_measured"] == [6, 6]
-    for name in ("bound_vs_layer", "bound_terms", "pruning_gap_vs_layer"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 0
-    assert mod.main(["--plot-only", "--json", str(out_json), "--figures-dir", str(tmp_path), "--quiet"]) == 0
-    assert "bound/R" in capsys.readouterr().out
-    for bad in (["--shots", "12", "--n-demos", "12"], ["--rates", "0,1.5"], ["--targets", "mlp"], ["--settings", "huge"]):
-        with pytest.raises((ValueError, SystemExit)):
-            mod.main(bad + ["--json", str(tmp_path / "x.json"), "--figures-dir", str(tmp_path), "--quiet"])
+    # ξ = 0 keeps every rank (the unpruned row); ξ = 0.5 and 0.6 both keep r = 2 of D = 4: one merged row
+    assert len(res["rows"]) == 2 * 8 * 2 and all(r["xis"] in ([0.5, 0.6], [0.9]) for r in res["rows"])
+    assert res["checks"]["min_summand_reported"] >= -1e-9 and res["checks"]["rank_C_measured"] == [6, 6]
+    assert doc["config"]["weight_noise"] is None and res["setting"]["n_layers"] == 8, "only what was used"
+    names = ("bound_vs_layer", "bound_terms", "pruning_gap_vs_layer", "bound_continuity")
+    assert {Path(w[len("wrote: "):]).name for w in written} == {"r.json", *(f"{n}_quick.png" for n in names)}
+    assert mod.main(["--plot-only", "--json", str(out_json), "--figures-dir", str(tmp_path)]) == 0
+    cont = res["continuity"]["noise"]
+    assert np.all(np.isfinite(cont["proof_ridge"])) and cont["levels"][-1] == 0.0
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--seeds", "0"], "--seeds"),
+    (["--mask", "causal", "--checkpoint", "{dir}"], "--mask is for --params only"),
+    (["--mask", "foo"], "--mask"),
+    (["--mask", "causal"], "--mask is for --params only"),
+    (["--step", "5"], "--step has no meaning without --checkpoint"),
+    (["--n-layers", "2", "--params", "{file}"], "--n-layers has no meaning with a loaded model"),
+    (["--weight-noise", "0.1", "--params", "{file}"], "--weight-noise has no meaning"),
+    (["--weight-noise", "-1"], "--weight-noise"),
+    (["--weight-noise", "nan"], "finite"),
+    (["--n-layers", "0"], "--n-layers"),
+    (["--params", "{dir}"], "is a directory"),
+    (["--params", "{file}", "--checkpoint", "{dir}"], "give one"),
+    (["--shots", "12", "--n-demos", "12"], "--shots must be < --n-demos"),
+    (["--rates", "0,1.5"], "--rates"),
+    (["--targets", "mlp"], "--targets"),
+    (["--settings", "huge"], "--settings"),
+    (["--plot-eps", "0.5"], "must be one of --eps"),
+    (["--form", "printed_support"], "--form"),
+    (["--tag", "a/b"], "--tag"),
+])
+def test_script_bad_flags_one_error_line_exit_2(tmp_path, capsys, argv, match):
+    """Each bad input of the reliability issue is refused at parse time: exit 2, one `error:` line naming it."""
+    mod = _load_script()
+    f = tmp_path / "w.npz"
+    f.write_bytes(b"")
+    argv = [a.format(dir=tmp_path, file=f) for a in argv] + ["--json", str(tmp_path / "x.json"),
+                                                            "--figures-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and match in err[0], err
+    assert not (tmp_path / "x.json").exists(), "nothing written"
