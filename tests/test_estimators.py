@@ -239,6 +239,29 @@ def test_optimal_one_step_eta_against_grid_search(noise_std):
     ), "optimal error = the parabola at η*"
 
 
+def test_optimal_one_step_eta_resolves_the_noise_term():
+    """η* = 1/(N+d+1+σ²) is told apart from the noiseless 1/(N+d+1) (a shift of 0.00101 at N=20, d=10, σ=1).
+
+    Rao–Blackwellised over the query: for ŵ = η Xᵀy, E_{x_q}(ŷ − y_q)² = ‖ηXᵀy − w‖² + σ², so the sample
+    minimiser is η̂ = mean(⟨Xᵀy, w⟩)/mean(‖Xᵀy‖²) (B = 16384 prompts, delta-method s.e. ≈ 7.7e-5, a
+    third of the grid test's, whose x_q noise makes its tolerance 0.00109 exceed the shift).
+    """
+    B, N, d, sigma = 16384, 20, 10, 1.0
+    rng = np.random.default_rng(11)
+    X, w = rng.normal(size=(B, N, d)), rng.normal(size=(B, d))
+    y = np.einsum("bnd,bd->bn", X, w) + sigma * rng.normal(size=(B, N))
+    x0 = jnp.zeros(d, F64)
+    g = np.asarray(jax.jit(jax.vmap(lambda X_s, y_s: _w_hat(E.gd_one_step, X_s, y_s, x0, eta=1.0)))(
+        jnp.asarray(X), jnp.asarray(y)))  # ŵ(η = 1) = Xᵀy through the library estimator
+    u, v = np.sum(g * w, axis=1), np.sum(g * g, axis=1)
+    eta_hat = u.mean() / v.mean()
+    se = np.std(u - eta_hat * v, ddof=1) / np.sqrt(B) / v.mean()
+    eta_star, eta_wrong = E.gd_one_step_optimal_eta(N, d, sigma), E.gd_one_step_optimal_eta(N, d, 0.0)
+    assert abs(eta_wrong - eta_star) >= 8 * se, f"power: shift {eta_wrong - eta_star:.5f} ≥ 8 s.e. ({se:.1e})"
+    assert abs(eta_hat - eta_star) <= 4 * se, f"η̂ = {eta_hat:.5f} vs η* = 1/(N+d+1+σ²) = {eta_star:.5f} (4 s.e.)"
+    assert abs(eta_hat - eta_wrong) > 4 * se, f"η̂ = {eta_hat:.5f} must differ from 1/(N+d+1) = {eta_wrong:.5f}"
+
+
 def test_optimal_error_reference_value():
     assert E.gd_one_step_optimal_error(40, 20) == pytest.approx(21 / 61, rel=1e-15)
     with pytest.raises(ValueError, match="noise_std"):
