@@ -1,6 +1,7 @@
 """experiments/verify_theorem1.py as a command: smoke run, exit codes 0/1/2, file round trips,
 and every bad-input path (one line ``error: …``, exit 2, no traceback). Tiny sizes, tmp_path only
-(the committed figures/ are never touched). Most runs share one shape so the jit cache is reused."""
+(the committed figures/ are never touched). Most runs share one shape so the jit cache is reused.
+Runs go through ``lintrans.cli.command`` in-process; tests/test_cli_errors.py drives real subprocesses."""
 
 import dataclasses
 import importlib.util
@@ -43,7 +44,7 @@ def run_cli(vt, argv, monkeypatch, capsys):
     """Run the script's ``cli(main)`` in-process with ``argv``; return (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["verify_theorem1.py", *argv])
     with pytest.raises(SystemExit) as e:
-        vt.cli(vt.main)
+        vt.cli.command(vt.main)
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
 
@@ -73,8 +74,13 @@ def test_smoke_exit_0_and_files(vt, tmp_path, monkeypatch, capsys):
     assert all(r["max"] <= 1e-12 for r in rows if r["dtype"] == "float64" and r["check"] != "T5")
     assert res["overflow"] is not None and len(res["overflow"]["rows"]) == 20
     assert (tmp_path / "theorem1_identity.png").stat().st_size > 1000
+    assert not (tmp_path / "r.npz").exists(), "no npz unless --per-prompt asks for it"
+    assert out.count("wrote: ") == 2 and "r.json" in out and "theorem1_identity.png" in out, "every file written is named"
+    code, out, err = run_cli(vt, [*TINY, "--per-prompt", *outputs(tmp_path)], monkeypatch, capsys)
+    assert code == 0, err
     arrays = np.load(tmp_path / "r.npz")
     assert arrays["main_float64_L2_T1"].shape == (4, 2)
+    assert "r.npz" in out
     # re-plot from the saved results only
     (tmp_path / "theorem1_identity.png").unlink()
     code, _, err = run_cli(vt, ["--plot-only", *outputs(tmp_path)], monkeypatch, capsys)
@@ -83,9 +89,9 @@ def test_smoke_exit_0_and_files(vt, tmp_path, monkeypatch, capsys):
 
 
 def test_default_init_scale(vt):
-    assert vt.default_init_scale("1", 40) == pytest.approx(0.05)
-    assert vt.default_init_scale("1", 320) == pytest.approx(0.025)  # ∝ N^(-1/3)
-    assert vt.default_init_scale("1/N", 7) == 0.1
+    assert vt.verify.default_init_scale("1", 40) == pytest.approx(0.05)
+    assert vt.verify.default_init_scale("1", 320) == pytest.approx(0.025)  # ∝ N^(-1/3)
+    assert vt.verify.default_init_scale("1/N", 7) == 0.1
 
 
 def test_nonfinite_main_block_exits_1(vt, tmp_path, monkeypatch, capsys):
@@ -189,6 +195,10 @@ def files(tmp_path):
     put("prompts_label", H=np.ones_like(H))
     put("H_misnamed", X=H)
     put("object", H=np.array([None], dtype=object))
+    put("f16_params", **{k: v.astype(np.float16) for k, v in arrays.items()})
+    put("f16_prompts", H=H.astype(np.float16))
+    (tmp_path / "adir.npz").mkdir()
+    f["dir"] = str(tmp_path / "adir.npz")
     trunc = tmp_path / "truncated.npz"
     trunc.write_bytes(Path(f["params"]).read_bytes()[:300])
     f["truncated"] = str(trunc)
@@ -235,8 +245,17 @@ BAD = [
     (["--dtype", "float16"], "--dtype"),
     (["--task", "sparse"], "--task"),
     (["--seed", "x"], "--seed"),
-    (["--figure", "out.pdf"], "--figure must name a .png"),
-    (["--figure", "x.png", "--figures-dir", "."], "not both"),
+    (["--seed", "99999999999999999999"], "--seed"),
+    (["--layers", "99999999999999999999"], "--layers"),
+    (["--batch", "1000000000"], "int32"),
+    (["--d-in", "100000", "--layers", "16"], "int32"),
+    (["--d-in", "200", "--layers", "4"], "GiB of memory available"),  # 1 GiB available (monkeypatched)
+    (["--params", "{f16_params}"], "float16"),
+    (["--prompts", "{f16_prompts}"], "float16"),
+    (["--params", "{dir}"], "is a directory"),
+    (["--prompts", "{prompts}", "--task", "linear"], "--task has no meaning with --prompts"),
+    (["--dump", "{dir}"], "--dump"),
+    (["--dump", "{text}/x.npz"], "--dump"),
     (["--frobnicate"], "unrecognized arguments"),
 ]
 
@@ -244,13 +263,14 @@ BAD = [
 @pytest.mark.parametrize("argv,match", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_exit_2(vt, files, tmp_path, monkeypatch, capsys, argv, match):
     argv = [a.format(**files) for a in argv]
-    out = ["--json", str(tmp_path / "r.json")] if "--figure" in argv else outputs(tmp_path)
-    assert_bad_input(vt, [*argv, *out], monkeypatch, capsys, match)
+    monkeypatch.setattr(vt.cli, "available_memory", lambda: 2**30)
+    assert_bad_input(vt, [*argv, *outputs(tmp_path)], monkeypatch, capsys, match)
     assert not (tmp_path / "r.json").exists(), "nothing written on bad input"
 
 
 def test_bad_output_paths_and_plot_only(vt, tmp_path, monkeypatch, capsys):
-    assert_bad_input(vt, ["--plot-only", "--json", str(tmp_path / "none.json")], monkeypatch, capsys, "no such file")
+    assert_bad_input(vt, ["--plot-only", "--json", str(tmp_path / "none.json")], monkeypatch, capsys, "no results file")
+    assert_bad_input(vt, ["--plot-only", "--batch", "3", *outputs(tmp_path)], monkeypatch, capsys, "would be ignored")
     assert_bad_input(vt, [*TINY, "--json", str(tmp_path)], monkeypatch, capsys, "is a directory")
     not_results = tmp_path / "x.json"
     not_results.write_text('{"config": {}, "results": {}}')
