@@ -81,15 +81,21 @@ def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys
         train_icl.main([*LINEAR_ARGS, "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
-    """Trains a linear and a softmax run (the softmax path of lintrans.train end to end), reuses them."""
+    """Trains a linear and a softmax run (the softmax path of lintrans.train end to end), reuses them;
+    a run of another size beside them trains into its own folder instead of being refused."""
+    runs = tmp_path / "runs"
     args = ["--d-in", "2", "--depths", "2", "--linear-steps", "12", "--softmax-steps", "6", "--softmax-layers", "1",
             "--softmax-width", "8", "--softmax-heads", "2", "--softmax-mlp", "16", "--softmax-batch", "8",
             "--linear-batch", "8", "--checkpoints", "3", "--eval-prompts", "1000", "--dtype", "float64", "--quiet",
-            "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "icl.json"), "--figures-dir", str(tmp_path)]
+            "--runs-dir", str(runs), "--json", str(tmp_path / "icl.json"), "--figures-dir", str(tmp_path)]
     assert icl_curves.main(args) == 0
+    out = capsys.readouterr().out
+    for name in ("icl.json", "icl_vs_least_squares.png", "icl_train_steps.png"):
+        assert f"{name}" in out, f"{name} not named among the files written"
     res = json.loads((tmp_path / "icl.json").read_text())["results"]
-    assert res["k"] == [1, 2, 3, 4]
+    assert res["k"] == [1, 2, 3, 4] and res["quick"] is False
     labels = {"linear attention, L=2", "softmax transformer, L=1",
               "least_squares", "averaging", "knn3", "gd_1step_opt"}
     assert set(res["curves"]) == labels
@@ -112,6 +118,39 @@ def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
     (tmp_path / "icl_train_steps.png").unlink()
     assert icl_curves.main(["--plot-only", "--json", str(tmp_path / "icl.json"), "--figures-dir", str(tmp_path)]) == 0
     assert (tmp_path / "icl_train_steps.png").exists()
+    # Another size in the same runs directory: its own folders (the run config's hash), nothing refused.
+    before = {p.name for p in runs.iterdir()}
+    linear_only = [a for i, a in enumerate(args) if not (a.startswith("--softmax") or args[i - 1].startswith("--softmax"))]
+    assert icl_curves.main([*linear_only, "--linear-steps", "8", "--no-softmax"]) == 0
+    res3 = json.loads((tmp_path / "icl.json").read_text())["results"]
+    assert res3["curves"]["linear attention, L=2"]["status"] == "trained" and res3["curves"]["linear attention, L=2"]["step"] == 8
+    assert len({p.name for p in runs.iterdir()} - before) == 1
+
+
+def test_icl_curves_quick_preset_is_labelled(icl_curves):
+    from lintrans import cli
+
+    config, args, _ = cli.parse_config(icl_curves.Config, ["--quick"], presets={"quick": icl_curves.QUICK})
+    assert args.preset == "quick" and icl_curves.is_quick(config) and not icl_curves.is_quick(icl_curves.Config())
+    quick_dirs = {str(d) for _, d in icl_curves.run_specs(config).values()}
+    default_dirs = {str(d) for _, d in icl_curves.run_specs(icl_curves.Config()).values()}
+    assert quick_dirs.isdisjoint(default_dirs), "a quick run never occupies a default run's folder"
+
+
+def test_closest_estimator_ties_are_joined_not_flipped():
+    """Identical estimators share the label (in table order); a clearly nearer one stands alone."""
+    from lintrans.curves import closest_estimators
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(1, 2000))
+    a = y[0] + 0.1 * rng.normal(size=2000)
+    far = y[0] + 1.0 * rng.normal(size=2000)
+    assert closest_estimators([y], {"a": [a], "b": [a.copy()], "far": [far]}, 1) == ["a≈b"]
+    assert closest_estimators([y], {"b": [a.copy()], "a": [a]}, 1) == ["b≈a"]
+    assert closest_estimators([y], {"far": [far], "a": [a]}, 1) == ["a"]
+    # two estimators that differ by much less than the prompt-to-prompt spread: joined, never picked by noise
+    a2 = a + 1e-6 * rng.normal(size=2000)
+    assert closest_estimators([y], {"a": [a], "a2": [a2], "far": [far]}, 1) == ["a≈a2"]
 
 
 def test_bench_naive_training_loss_equals_library_float64():
@@ -131,12 +170,17 @@ def test_bench_naive_training_loss_equals_library_float64():
 @pytest.mark.parametrize("script, argv, message", [
     ("train_icl", ["--out", "x", "--layers", "0"], "n_layers"),
     ("train_icl", ["--out", "x", "--test-prompts", "100"], "test_prompts"),
-    ("icl_curves", ["--eval-prompts", "10"], "eval_prompts"),
 ])
 def test_bad_values_raise_value_error(script, argv, message, tmp_path):
     mod = _load(script)
     with pytest.raises(ValueError, match=message):
-        mod.main(argv if script == "icl_curves" else [*argv[:1], str(tmp_path / "x"), *argv[2:]])
+        mod.main([*argv[:1], str(tmp_path / "x"), *argv[2:]])
+
+
+def test_icl_curves_bad_value_exits_2(icl_curves, capsys):
+    with pytest.raises(SystemExit) as info:
+        icl_curves.main(["--eval-prompts", "10"])
+    assert info.value.code == 2 and "--eval-prompts must be ≥ 1000" in capsys.readouterr().err
 
 
 def test_bad_flags_exit_2_without_traceback(tmp_path, capsys):
