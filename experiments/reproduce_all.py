@@ -1,219 +1,213 @@
-"""Run every experiment of the project at its default size, in order, with the time of each stage.
+"""Run every experiment of the project in order, reusing what is current, with the time of each stage.
 
-    python experiments/reproduce_all.py                  # reuse what exists, compute the rest
-    python experiments/reproduce_all.py --force          # recompute every stage
-    python experiments/reproduce_all.py --benchmark      # also the speed benchmarks
-    python experiments/reproduce_all.py --results-dir /tmp/r --figures-dir /tmp/f --runs-dir /tmp/u
+    python experiments/reproduce_all.py --dry-run     # the stages, their commands, what would be reused
+    python experiments/reproduce_all.py               # compute what is missing or stale → results/
+    python experiments/reproduce_all.py --quick       # every stage with its --quick preset (minutes)
+    python experiments/reproduce_all.py --publish     # ALSO regenerate the committed figures/ (the one command that does)
+    python experiments/reproduce_all.py --plot-only   # redraw every figure from the saved results
 
-Stages (each a subprocess ``python experiments/NAME.py …``, exactly as a user would run it):
-
-1. ``verify_theorem1``  — Theorem 1's identities T1–T5 (figures/theorem1_identity.png);
-2. ``icl_curves``       — trains linear models of several depths and the softmax transformer, error
-   against the number of examples next to least squares (figures/icl_vs_least_squares.png,
-   icl_train_steps.png);
-3. ``train``            — ``train_icl.py`` for the two multi-seed runs the pruning experiments use
-   (:data:`lintrans.trained.DEFAULT_RUNS`), each with ``final.json`` (test errors vs estimators);
-4. ``bound_vs_layer``   — Theorem 2's bound under truncation, layer by layer;
-5. ``pruning_phenomenon`` — error change per layer and ξ, steadiness, condition numbers;
-6. ``clip_search``      — Algorithm 1 over seeds, the paper's table;
-7. ``benchmark``        — only with ``--benchmark``.
-
-A stage whose results already exist (its results JSON; for ``train`` each run's ``final.json``,
-run by run) is skipped unless ``--force``; runs under the runs directory are reused by the scripts themselves
-(an interrupted run is resumed). A failing stage is reported and the stages that do not depend on
-it still run; the exit status is 1 if any stage failed. The times are printed at the end and saved
-in ``results/reproduce_all.json``.
+Each stage is one or more subprocesses ``python experiments/NAME.py …``, exactly as a user would run
+them (the stage table :data:`STAGES`; a new experiment is one line there). A step is reused when its
+stored result was made by the same FULL config: for an experiment, the ``config`` and preset
+recorded in its results JSON equal those its command line parses to (the script's own ``Config``),
+so a file from a smaller or ``--quick`` run is never reused for a default run; for a training run,
+the run directory (named by a hash of its whole training config) holds the final checkpoint and
+``final.json``. ``--force`` recomputes. A failing stage is reported and the stages that do not depend
+on it still run; exit status 1 if any failed. Results and figures go to ``results/`` and
+``results/figures/`` (git-ignored); ``--publish`` sends the figures to the committed ``figures/``
+(reused stages are redrawn from their results). Times are printed and saved in
+``results/reproduce_all[_quick].json``.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
-import os
-import resource
-import subprocess
+import functools
+import importlib.util
+import io
 import sys
-import time
 from pathlib import Path
 
-from lintrans.experiment import REPO_ROOT, ArgParser, cli
-from lintrans.io import load_json, provenance, save_json
+from lintrans import cli, pipeline
+from lintrans.cli import option
+from lintrans.io import provenance, save_json
 from lintrans.train import TrainConfig
 from lintrans.trained import default_config, run_name
 
 NAME = "reproduce_all"
-STAGES = ("verify_theorem1", "icl_curves", "train", "bound_vs_layer", "pruning_phenomenon", "clip_search", "benchmark")
-DEPENDS = {"pruning_phenomenon": ("train",), "clip_search": ("train",)}
+EXPERIMENTS = cli.REPO_ROOT / "experiments"
+#: The 8-layer linear run behind bound_vs_layer_trained.png (d_in = 3, N = 64 as in bound_vs_layer's
+#: `small` setting; 3 seeds). The training length is this project's choice (the DEFAULT_RUNS linear recipe).
+BOUND_RUN = dict(d_in=3, n_demos=64, n_layers=8, steps=2000, batch_size=128, lr=1e-2, seeds=3,
+                 checkpoint_every=500, log_every=100)
+QUICK_TRAIN = dict(steps=60, seeds=2)  # --quick: the same architectures, a few steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One row of the stage table. ``args(ctx)`` → the script's own flags (outputs are added here);
+    ``runs`` → the training runs (TrainConfigs) the stage trains with train_icl.py instead."""
+
+    name: str
+    script: str | None = None
+    args: object = None  # callable ctx -> list[str]
+    figures: bool = True
+    depends: tuple[str, ...] = ()
+    runs: object = None  # callable ctx -> {label: TrainConfig}
+    optional: bool = False  # only with --benchmark
+    json: str | None = None  # results-file stem (default: the stage name)
+
+
+def train_runs(ctx) -> dict:
+    q = QUICK_TRAIN if ctx["quick"] else {}
+    return {"linear": default_config("linear", **q), "softmax": default_config("softmax", **q),
+            "bound": default_config("linear", **{**BOUND_RUN, **q})}
+
+
+def run_dir(ctx, label: str) -> Path:
+    return ctx["runs"] / run_name(train_runs(ctx)[label])
+
+
+def _ckpts(ctx) -> list[str]:
+    return ["--checkpoint", str(run_dir(ctx, "linear")), "--checkpoint", str(run_dir(ctx, "softmax"))]
+
+
+STAGES = (
+    Stage("verify_theorem1", "verify_theorem1", lambda ctx: []),
+    Stage("icl_curves", "icl_curves", lambda ctx: ["--runs-dir", str(ctx["runs"])]),
+    Stage("train", runs=train_runs, figures=False),
+    Stage("bound_vs_layer", "bound_vs_layer", lambda ctx: []),
+    Stage("bound_vs_layer_trained", "bound_vs_layer", lambda ctx: ["--checkpoint", str(run_dir(ctx, "bound")),
+                                                                   "--tag", "trained"], depends=("train",)),
+    Stage("pruning_phenomenon", "pruning_phenomenon", _ckpts, depends=("train",)),
+    Stage("clip_search", "clip_search", _ckpts, depends=("train",)),
+    Stage("pruning_under_shift", "pruning_under_shift", lambda ctx: ["--runs-dir", str(ctx["runs"])]),
+    Stage("benchmark", "benchmark", lambda ctx: [], figures=False, optional=True),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    results_dir: str = "results"  # every results JSON goes here (relative to the repo root)
-    figures_dir: str = "figures"  # every figure goes here
-    runs_dir: str = "runs"  # trained runs
-    force: bool = False  # recompute stages whose results exist
-    benchmark: bool = False  # also run experiments/benchmark.py
-    only: tuple[str, ...] = ()  # run only these stages (default: all)
-    dry_run: bool = False  # print the commands, run nothing
+    """Which stages to run and what to reuse."""
+
+    only: tuple[str, ...] | None = option(None, "run only these stages, comma-separated (none: all)", choices=STAGE_NAMES)
+    force: bool = option(False, "recompute stages whose stored results are current")
+    benchmark: bool = option(False, "also run the speed benchmark (experiments/benchmark.py)")
+    dry_run: bool = option(False, "list the stages, their commands and what would be reused; run nothing")
+    publish: bool = option(False, "write the figures into the committed figures/ (the only command that does)")
+    runs_dir: str = option("runs", "where training runs are trained and reused", kind="output_dir")
+    stage_preset: str | None = option(None, "run every stage with this preset (--quick sets it)", choices=("quick",))
+
+    def check(self, given: frozenset[str]) -> None:
+        cli.check_output_dir(self.runs_dir, "--runs-dir")
+        if self.publish and self.stage_preset is not None:
+            raise ValueError("--publish writes the committed figures, which come from the default sizes; not with --quick")
+        if self.only and "benchmark" in self.only and "benchmark" in given:
+            raise ValueError("--benchmark has no meaning with --only (name the benchmark stage in --only)")
+
+
+QUICK = dict(stage_preset="quick")
+
+
+@functools.lru_cache(maxsize=None)
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_reproduce_{name}", EXPERIMENTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def expected_config(script: str, argv: list[str]) -> dict | None:
+    """The full config ``experiments/<script>.py argv`` runs with (``None``: not a cli-layer script,
+    or its inputs do not exist yet)."""
+    try:
+        mod = _load_script(script)
+        presets = {"quick": mod.QUICK} if hasattr(mod, "QUICK") else None
+        with contextlib.redirect_stderr(io.StringIO()):
+            config, _, _ = cli.parse_config(mod.Config, argv, presets=presets)
+    except (SystemExit, AttributeError, ValueError, TypeError, OSError):
+        return None
+    return pipeline.jsonable(dataclasses.asdict(config))
 
 
 def train_icl_args(tc: TrainConfig, out: Path) -> list[str]:
-    """The ``train_icl.py`` flags that reproduce ``tc`` exactly (so the scripts reuse the run)."""
+    """The ``train_icl.py`` flags that reproduce ``tc`` exactly (so every script reuses the run)."""
     args = ["--model", tc.model, "--layers", tc.n_layers, "--d-in", tc.d_in, "--n-demos", tc.n_demos,
             "--steps", tc.steps, "--seeds", tc.seeds, "--seed", tc.seed, "--lr", tc.lr, "--batch", tc.batch_size,
             "--warmup", tc.warmup_steps, "--final-lr-frac", tc.final_lr_frac, "--clip", tc.clip_norm,
             "--checkpoint-every", tc.checkpoint_every, "--log-every", tc.log_every, "--mask", tc.mask,
             "--scale", tc.scale, "--readout", tc.readout, "--init-std", tc.init_std, "--noise-std", tc.noise_std,
-            "--dtype", tc.dtype, "--out", out]
+            "--dtype", tc.dtype, "--out", out, "--resume"]
     if tc.model == "softmax":
         args += ["--width", tc.width, "--heads", tc.n_heads, "--mlp-width", tc.mlp_width]
     return [str(a) for a in args]
 
 
-def _abs(p: str) -> Path:
-    path = Path(p)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-def plan(config: Config) -> list[dict]:
-    """Stage name → commands (argv lists) and the files whose existence means 'done'."""
-    res, fig, runs = _abs(config.results_dir), _abs(config.figures_dir), _abs(config.runs_dir)
-    script = lambda name: [sys.executable, str(REPO_ROOT / "experiments" / f"{name}.py")]  # noqa: E731
-    out = lambda name: ["--json", str(res / f"{name}.json")]  # noqa: E731
-    figs = ["--figures-dir", str(fig)]
-    run_dirs = {m: runs / run_name(default_config(m)) for m in ("linear", "softmax")}
-    ckpts = [a for m in ("linear", "softmax") for a in ("--checkpoint", str(run_dirs[m]))]
-    def stage(name, *steps):
-        # steps: (command, file whose existence means this command's work is done)
-        return {"stage": name, "commands": [c for c, _ in steps], "done": [d for _, d in steps]}
-
-    stages = [
-        stage("verify_theorem1", (script("verify_theorem1") + out("verify_theorem1") + figs, res / "verify_theorem1.json")),
-        stage("icl_curves", (script("icl_curves") + out("icl_curves") + figs + ["--runs-dir", str(runs)],
-                             res / "icl_curves.json")),
-        stage("train", *[(script("train_icl") + train_icl_args(default_config(m), run_dirs[m]) + ["--resume"],
-                          run_dirs[m] / "final.json") for m in ("linear", "softmax")]),
-        stage("bound_vs_layer", (script("bound_vs_layer") + out("bound_vs_layer") + figs, res / "bound_vs_layer.json")),
-        stage("pruning_phenomenon", (script("pruning_phenomenon") + ckpts + out("pruning_phenomenon") + figs,
-                                     res / "pruning_phenomenon.json")),
-        stage("clip_search", (script("clip_search") + ckpts + out("clip_search") + figs, res / "clip_search.json")),
-        stage("benchmark", (script("benchmark") + out("benchmark"), res / "benchmark.json")),
-    ]
-    wanted = set(config.only) if config.only else set(STAGES) - ({"benchmark"} if not config.benchmark else set())
-    return [s for s in stages if s["stage"] in wanted]
-
-
-def _previous_times(path: Path) -> dict:
-    """Stage → its wall and CPU seconds from an earlier reproduce_all.json (computed stages only)."""
-    try:
-        stages = load_json(path)["results"]["stages"]
-    except (ValueError, KeyError, TypeError):
-        return {}
-    out = {}
-    for e in stages:
-        if e.get("status") == "ok":
-            out[e["stage"]] = {"seconds": e["seconds"], "cpu_seconds": e.get("cpu_seconds")}
-        elif "computed_before" in e:
-            out[e["stage"]] = e["computed_before"]
+def plan(config: Config, results_dir: Path, figures_dir: Path, plot_only: bool = False) -> list[dict]:
+    """Per stage: its steps ``{"argv", "current", "why"}`` (commands as lists, reuse decided here)."""
+    preset = config.stage_preset
+    ctx = {"runs": Path(config.runs_dir).resolve(), "quick": preset is not None}
+    py = [sys.executable]
+    wanted = set(config.only or (s.name for s in STAGES if not s.optional or config.benchmark))
+    out = []
+    for s in STAGES:
+        if s.name not in wanted:
+            continue
+        steps = []
+        if s.runs is not None and plot_only:
+            steps.append({"argv": None, "current": True, "why": "--plot-only trains nothing"})
+        elif s.runs is not None:
+            for label, tc in s.runs(ctx).items():
+                rdir = ctx["runs"] / run_name(tc)
+                current, why = pipeline.run_current(tc, rdir)
+                steps.append({"argv": py + [str(EXPERIMENTS / "train_icl.py")] + train_icl_args(tc, rdir) + ["--quiet"],
+                              "current": current, "why": why, "run": label})
+        else:
+            flags = s.args(ctx) + (["--quick"] if preset else [])
+            json_path = results_dir / f"{s.json or s.name}{'_' + preset if preset else ''}.json"
+            current, why = pipeline.results_current(json_path, expected_config(s.script, flags), preset)
+            io_flags = ["--json", str(json_path)] + (["--figures-dir", str(figures_dir)] if s.figures else [])
+            if plot_only:
+                argv = [str(EXPERIMENTS / f"{s.script}.py"), "--plot-only"] + io_flags if s.figures else None
+                current, why = (False, "redraw from the stored results") if argv else (True, "draws no figures")
+            elif current and config.publish and s.figures:  # publish what is current: redraw it into figures/
+                argv, current, why = [str(EXPERIMENTS / f"{s.script}.py"), "--plot-only"] + io_flags, False, why + "; redrawn"
+            else:
+                argv = [str(EXPERIMENTS / f"{s.script}.py")] + flags + io_flags
+            steps.append({"argv": py + argv if argv else None, "current": current, "why": why})
+        out.append({"stage": s.name, "depends": s.depends, "steps": steps})
     return out
 
 
-def _children_cpu() -> float:
-    """User + system CPU seconds of finished child processes: with several cores a stage's wall
-    time is below its CPU time, so the CPU time bounds the wall time on a dedicated machine."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def run(config: Config) -> dict:
-    stages = plan(config)
-    report, failed = [], set()
-    previous = _previous_times(_abs(config.results_dir) / f"{NAME}.json")
-    t_all = time.perf_counter()
-    for s in stages:
-        name = s["stage"]
-        entry = {"stage": name, "commands": [" ".join(c) for c in s["commands"]]}
-        blocked = [d for d in DEPENDS.get(name, ()) if d in failed]
-        if blocked:
-            entry.update(status="not run", reason=f"depends on failed stage(s) {blocked}", seconds=0.0)
-        elif not config.force and all(p.exists() for p in s["done"]):
-            entry.update(status="skipped", reason="results exist (--force recomputes)", seconds=0.0)
-            if name in previous:  # keep the time it took when it was computed
-                entry["computed_before"] = previous[name]
-        elif config.dry_run:
-            entry.update(status="dry run", seconds=0.0)
-            for c, done in zip(s["commands"], s["done"]):
-                print(("(skipped, exists) " if not config.force and done.exists() else "") + " ".join(c))
-        else:
-            print(f"\n=== {name} ===", flush=True)
-            t0, cpu0 = time.perf_counter(), _children_cpu()
-            codes = []
-            for c, done in zip(s["commands"], s["done"]):
-                if not config.force and done.exists():
-                    print(f"$ (skipped, {done} exists) " + " ".join(c), flush=True)
-                    continue
-                print("$ " + " ".join(c), flush=True)
-                codes.append(subprocess.run(c, cwd=REPO_ROOT).returncode)
-                if codes[-1] != 0:
-                    break
-            entry["seconds"] = time.perf_counter() - t0
-            entry["cpu_seconds"] = _children_cpu() - cpu0
-            entry["exit_codes"] = codes
-            entry["status"] = "ok" if all(c == 0 for c in codes) else "FAILED"
-            if entry["status"] == "FAILED":
-                failed.add(name)
-        print(f"--- {name}: {entry['status']} {entry['seconds']:.1f} s", flush=True)
-        report.append(entry)
-    return {"stages": report, "total_seconds": time.perf_counter() - t_all,
-            "total_cpu_seconds": sum(e.get("cpu_seconds", 0.0) for e in report),
-            "load_average_at_end": list(os.getloadavg()), "cpu_count": os.cpu_count(), "failed": sorted(failed)}
-
-
-def summary(results: dict) -> str:
-    lines = ["", f"{'stage':20s} {'status':10s} {'wall s':>9s} {'CPU s':>9s}"]
-    for e in results["stages"]:
-        note = f"   ({e['reason']})" if e.get("reason") else ""
-        if "computed_before" in e:
-            before = e["computed_before"]
-            note += f" [took {before['seconds']:.1f} s wall, {before.get('cpu_seconds') or 0:.1f} s CPU when computed]"
-        lines.append(f"{e['stage']:20s} {e['status']:10s} {e['seconds']:9.1f} {e.get('cpu_seconds', 0.0):9.1f}" + note)
-    lines.append(f"{'total':20s} {'':10s} {results['total_seconds']:9.1f} {results['total_cpu_seconds']:9.1f}")
-    lines.append(f"(load average at the end {results['load_average_at_end'][0]:.1f} on {results['cpu_count']} cores; "
-                 "CPU s = user + system time of the stage's processes)")
-    return "\n".join(lines)
-
-
-def build_parser() -> ArgParser:
-    d = Config()
-    p = ArgParser(prog="python experiments/reproduce_all.py", description=__doc__.split("\n\n")[0],
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--force", action="store_true", help="recompute stages whose results exist")
-    p.add_argument("--benchmark", action="store_true", help="also run experiments/benchmark.py")
-    p.add_argument("--only", default="", help=f"comma-separated stages to run, of {', '.join(STAGES)}")
-    p.add_argument("--results-dir", default=d.results_dir, help="where every results JSON goes (default results/)")
-    p.add_argument("--figures-dir", default=d.figures_dir, help="where every figure goes (default figures/)")
-    p.add_argument("--runs-dir", default=d.runs_dir, help="where trained runs go (default runs/)")
-    p.add_argument("--dry-run", action="store_true", help="print the commands of the stages that would run")
-    return p
+def run(config: Config, *, results_dir: Path, figures_dir: Path, plot_only: bool = False, quiet: bool = False) -> dict:
+    """Plan and execute the stages (:func:`lintrans.pipeline.execute`)."""
+    return pipeline.execute(plan(config, results_dir, figures_dir, plot_only), cwd=cli.REPO_ROOT, force=config.force,
+                            dry_run=config.dry_run, extra=("--quiet",) if quiet else ())
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    only = tuple(s.strip() for s in args.only.split(",") if s.strip())
-    unknown = [s for s in only if s not in STAGES]
-    if unknown:
-        raise ValueError(f"--only: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
-    config = Config(results_dir=args.results_dir, figures_dir=args.figures_dir, runs_dir=args.runs_dir,
-                    force=args.force, benchmark=args.benchmark, only=only, dry_run=args.dry_run)
-    results = run(config)
-    print(summary(results))
-    if not config.dry_run:
-        path = save_json(_abs(config.results_dir) / f"{NAME}.json",
-                         {"name": NAME, "config": dataclasses.asdict(config), "provenance": provenance(None),
-                          "results": results})
-        print(f"\nresults: {path}")
+    config, args, _ = cli.parse_config(Config, argv, presets={"quick": QUICK}, prog=f"{NAME}.py", doc=__doc__)
+    results_dir = cli.check_output_dir(args.results_dir if args.results_dir is not None else cli.RESULTS_DIR,
+                                       "--results-dir")
+    if config.publish and args.figures_dir is not None:
+        raise ValueError("--publish writes figures/; --figures-dir has no meaning with it")
+    figures_dir = cli.PUBLISHED_FIGURES_DIR if config.publish else Path(args.figures_dir or cli.FIGURES_DIR)
+    cli.check_output_dir(figures_dir, "--figures-dir")
+    json_path = Path(args.json) if args.json else results_dir / f"{NAME}{'_quick' if config.stage_preset else ''}.json"
+    cli.check_output_file(json_path, "--json")
+    results = run(config, results_dir=results_dir.resolve(), figures_dir=figures_dir.resolve(),
+                  plot_only=args.plot_only, quiet=args.quiet)
+    if config.dry_run:
+        return 0
+    print(pipeline.summary(results))
+    save_json(json_path, {"name": NAME, "config": dataclasses.asdict(config), "preset": args.preset,
+                          "provenance": provenance(None), "results": results})
+    print(f"wrote: {json_path}" + (f"\nfigures: {figures_dir}" if not results["failed"] else ""))
     return 1 if results["failed"] else 0
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli.command(main)
