@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from lintrans.io import atomic_write_bytes, load_json, provenance, save_json, save_npz
+from lintrans.progress import Progress  # re-exported: scripts take it from here
 
 __all__ = [
     "REPO_ROOT", "RESULTS_DIR", "FIGURES_DIR", "PUBLISHED_FIGURES_DIR", "INT_MAX", "option", "rates",
@@ -496,14 +497,6 @@ def save_figure(fig, path, dpi: int | None = None) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def __getattr__(name):  # Progress lives in lintrans.progress (the library's own, small module)
-    if name == "Progress":
-        try:
-            from lintrans.progress import Progress
-        except ImportError:
-            from lintrans.experiment import Progress
-        return Progress
-    raise AttributeError(name)
 
 
 # ----------------------------------------------------------------------------------------------
