@@ -32,11 +32,13 @@ registered model).
 from __future__ import annotations
 
 from lintrans.models import linear, softmax
+from lintrans.models import linear_attn_ln, linear_attn_mlp, softmax_attn, softmax_attn_ln_mlp  # issue 16 variants
 from lintrans.models.base import LAYOUTS, TARGETS, Model
 
 __all__ = ["Model", "LAYOUTS", "TARGETS", "REGISTRY", "MODELS", "get"]
 
-_ENTRIES = (linear.MODEL, softmax.MODEL)
+_ENTRIES = (linear.MODEL, softmax.MODEL, linear_attn_mlp.MODEL, linear_attn_ln.MODEL, softmax_attn.MODEL,
+            softmax_attn_ln_mlp.MODEL)
 
 #: name → :class:`Model`, in registration order.
 REGISTRY: dict[str, Model] = {m.name: m for m in _ENTRIES}
