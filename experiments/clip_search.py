@@ -1,256 +1,155 @@
 """Algorithm 1 (SPEC §8) on trained in-context regressors, over seeds, with the paper's table.
 
-For each model (the linear-attention stack; the GPT-2-style softmax transformer), each module
-group (``attn``; the softmax model also ``mlp``) and each seed of the model's run:
+For each model (the linear-attention stack; the GPT-2-style softmax transformer), module group
+(attn; softmax also mlp) and seed of the model's run (:func:`lintrans.search.clip_search`):
+condition numbers of the group's matrices per layer; the deepest of the ``top_k`` worst-conditioned
+layers; each candidate ξ in ascending order clips that layer's group from the original weights,
+scored by the mean ICL error on fresh validation prompts, the best ξ* kept (ties to the smaller
+ξ); the test error before and after at ξ* on fresh test prompts. The paper ran it once (one seed);
+here every training seed gets its own prompts, and the table reports ξ*, the test errors and their
+change over seeds (:mod:`lintrans.clip_seeds`: the change's interval is the wider of the seeds' t
+interval and the test prompts' noise; a verdict only when it excludes 0).
 
-1. condition number of every matrix of the group in every layer, per layer the max;
-2. the ``top_k`` worst-conditioned layers, the deepest of them selected;
-3. each candidate ``ξ`` in ascending order clips that layer's group from the original weights,
-   scored by the mean ICL error ``(ŷ − y)²/d`` on fresh validation prompts; the best ``ξ*`` is
-   kept, ties to the smaller ``ξ``;
-4. the test error before and after at ``ξ*`` on fresh test prompts (a key branch disjoint from the
-   validation one), the validation curve, ``r`` per ``ξ``.
+Outputs: ``results/clip_search.json`` (config, provenance, every seed's full report), figure
+``clip_search.png`` (validation curves with ξ* marked; test change per seed and its mean), and the
+table on stdout.
 
-(:func:`lintrans.search.clip_search`.) The paper ran it once (one seed) on GPT-J / LLaMA; here
-each training seed gets its own validation and test prompts, and the table reports the mean ±
-standard error over seeds of ``ξ*``, the test errors and their paired change, with the selected
-layer of every seed.
-
-Outputs: ``results/clip_search.json`` (config, provenance, every seed's full report),
-``figures/clip_search.png`` (validation curves relative to the unpruned model, ``ξ*`` marked; test
-error before → after per seed), and the table on stdout.
-
-Models: ``--checkpoint RUN_DIR`` (runs of ``experiments/train_icl.py``), or the small default
-runs of :data:`lintrans.trained.DEFAULT_RUNS`, trained into ``--runs-dir`` the first time and
-reused after. Run from the repository root: ``python experiments/clip_search.py``.
+Models: ``--checkpoint RUN_DIR[,RUN_DIR]`` (runs of ``experiments/train_icl.py``), or the small
+default runs of :data:`lintrans.trained.DEFAULT_RUNS`, trained into ``--runs-dir`` the first time
+and reused after (``--quick``: the tiny runs of ``pruning_phenomenon.py --quick``, fewer prompts;
+under a minute on a quiet 2-core CPU). Run from the repository root: ``python experiments/clip_search.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from collections import Counter
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, load_results, save_figure, save_results, positive_int, rate_list
+from lintrans import cli, clip_seeds
+from lintrans.checkpoint import read_run_config
+from lintrans.cli import option
+from lintrans.plots import pruning as figures
 from lintrans.pruning import PAPER_RATES, RANK_RULES
-from lintrans.search import GROUPS, check_rates, check_top_k, clip_search, group_fields
-from lintrans.seedstats import seed_interval
-from lintrans.trained import MODEL_GROUPS, add_default_run_flags, experiment_models, parse_models
+from lintrans.search import GROUPS, group_fields
+from lintrans.trained import DEFAULT_RUNS, MODEL_GROUPS, models_for
 
 NAME = "clip_search"
+#: Fields that choose or size the default runs: meaningless with --checkpoint.
+DEFAULT_RUN_FIELDS = ("models", "runs_dir", "linear_steps", "softmax_steps", "train_seeds", "layers", "softmax_width")
+
+
+def run_dirs(text: str) -> tuple[str, ...]:
+    """``--checkpoint``: comma-separated run directories, each holding a ``config.json``."""
+    dirs = tuple(s.strip() for s in text.split(",") if s.strip())
+    for d in dirs:
+        if not (Path(d) / "config.json").is_file():
+            raise ValueError(f"{d}: no such run directory (train one with experiments/train_icl.py)")
+    return dirs
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    checkpoints: tuple[str, ...] = ()  # run directories; empty → the default runs
-    models: tuple[str, ...] = ("linear", "softmax")  # default runs used when no checkpoint is given
-    model: str | None = None  # restrict to one model; a --checkpoint of another model is an error
-    runs_dir: str = "runs"  # where default runs are trained / found (relative to the repo root)
-    linear_steps: int | None = None  # None: DEFAULT_RUNS["linear"]["steps"]
-    softmax_steps: int | None = None  # None: DEFAULT_RUNS["softmax"]["steps"]
-    train_seeds: int | None = None  # None: the default runs' seeds
-    layers: int | None = None  # None: 4 for both default runs
-    softmax_width: int | None = None  # None: 32
-    groups: tuple[str, ...] = ()  # empty → every group the model has (attn; softmax also mlp)
-    rates: tuple[float, ...] = PAPER_RATES  # the paper's candidates (SPEC §6)
-    top_k: int = 3  # the paper's default (SPEC §8)
-    shots: int | None = None  # demonstrations per validation/test prompt; None → the run's N
-    n_val: int = 512  # validation prompts per seed (fresh)
-    n_test: int = 2048  # test prompts per seed (fresh, disjoint key branch)
-    rule: str = "exact"  # rank rule of SPEC §6
-    seed: int = 0  # prompts of training seed i: fold_in(fold_in(PRNGKey(seed), 11), i), split val/test
+    """Algorithm 1 (choose one layer and one clipping rate by validation) on every seed of trained models."""
+
+    checkpoint: tuple[str, ...] = option((), "run directories of train_icl.py, comma-separated, one per model "
+                                         "(default: the small default runs)", parse=run_dirs, metavar="RUN_DIR[,..]")
+    models: tuple[str, ...] = option(("linear", "softmax"), "default runs to use without --checkpoint",
+                                     choices=tuple(MODEL_GROUPS))
+    model: str | None = option(None, "only this model (a --checkpoint of another model is an error)",
+                               choices=tuple(MODEL_GROUPS))
+    runs_dir: str = option("runs", "where default runs are trained and reused (relative: to the repository root)")
+    linear_steps: int | None = option(None, f"training steps of the default linear run (none: "
+                                      f"{DEFAULT_RUNS['linear']['steps']})", low=1)
+    softmax_steps: int | None = option(None, f"training steps of the default softmax run (none: "
+                                       f"{DEFAULT_RUNS['softmax']['steps']})", low=1)
+    train_seeds: int | None = option(None, "training seeds of the default runs (none: 4 linear, 3 softmax)", low=1,
+                                     high=64)
+    layers: int | None = option(None, "layers of the default runs (none: 4)", low=1, high=64)
+    softmax_width: int | None = option(None, "width of the default softmax run, MLP 4x (none: 32)", low=1, high=4096)
+    group: tuple[str, ...] = option((), "module groups, comma-separated (default: every group the model has: "
+                                    "attn, and mlp for softmax)", choices=tuple(sorted(GROUPS)))
+    rates: tuple[float, ...] = option(PAPER_RATES, "candidate clipping rates ξ, comma-separated, each in [0, 1)",
+                                      parse=cli.rates)
+    top_k: int = option(3, "worst-conditioned layers competing; the deepest is taken (the paper's 3)", low=1)
+    shots: int | None = option(None, "demonstrations per validation/test prompt (none: the run's N)", low=1)
+    n_val: int = option(512, "fresh validation prompts per seed", low=1, high=10**6)
+    n_test: int = option(2048, "fresh test prompts per seed (a key branch disjoint from validation)", low=1,
+                         high=10**6)
+    rule: str = option("exact", "rank rule of SPEC §6", choices=RANK_RULES)
+    seed: int = option(0, "prompts of training seed i: fold_in(fold_in(PRNGKey(seed), 11), i), split val/test", low=0)
+
+    def check(self, given: frozenset[str] = frozenset()) -> None:
+        """Cross-field checks (run once by the CLI, again by :func:`run` for API callers)."""
+        if self.checkpoint:
+            extra = [f for f in DEFAULT_RUN_FIELDS if f in given]
+            if extra:
+                flags = ", ".join("--" + f.replace("_", "-") for f in extra)
+                raise ValueError(f"{flags} choose or size the default runs; meaningless with --checkpoint")
+        else:
+            cli.check_output_dir(_runs_dir(self), "--runs-dir")
+        if self.model is not None and "models" in given:
+            raise ValueError("give --model (one model) or --models (default runs), not both")
+        if len(set(self.group)) != len(self.group):
+            raise ValueError(f"--group lists a group twice: {','.join(self.group)}")
 
 
-def _summary(reports: list[dict]) -> dict:
-    """Mean ± s.e. over seeds of the quantities of the paper's table."""
-    out = {"n_seeds": len(reports)}
-    for key in ("xi_star", "test_before", "test_after", "test_delta", "layer"):
-        v = np.array([r[key] for r in reports], dtype=np.float64)
-        iv = seed_interval(v)
-        out[key] = {"mean": float(iv.mean), "se": float(iv.se), "low": float(iv.low), "high": float(iv.high),
-                    "per_seed": v.tolist()}
-    rel = np.array([r["test_after"] / r["test_before"] - 1 for r in reports])
-    iv = seed_interval(rel)
-    out["relative_change"] = {"mean": float(iv.mean), "se": float(iv.se), "low": float(iv.low), "high": float(iv.high),
-                              "per_seed": rel.tolist()}
-    out["layers_selected"] = dict(sorted(Counter(int(r["layer"]) for r in reports).items()))
-    out["ranks_star"] = [r["ranks_star"] for r in reports]
-    out["improved_seeds"] = int(sum(r["test_after"] < r["test_before"] for r in reports))
-    out["significant_improvement_seeds"] = int(
-        sum(r["test_delta"] + 1.96 * r["test_delta_se"] < 0 for r in reports))  # paired, over test prompts
-    return out
+#: --quick: the tiny default runs of pruning_phenomenon's --quick (reused if it ran first), fewer prompts.
+QUICK = dict(linear_steps=300, softmax_steps=100, softmax_width=16, train_seeds=2, n_val=128, n_test=256)
 
 
-def run(config: Config, quiet: bool = False) -> dict:
-    rates = check_rates(config.rates)
-    top_k = check_top_k(config.top_k)
-    if config.rule not in RANK_RULES:
-        raise ValueError(f"rule must be one of {RANK_RULES}, got {config.rule!r}")
-    for g in config.groups:
-        if g not in GROUPS:
-            raise ValueError(f"group must be one of {sorted(GROUPS)}, got {g!r}")
-    models = experiment_models(config, model_filter=config.model, quiet=quiet)
+def _runs_dir(config: Config) -> Path:
+    p = Path(config.runs_dir)
+    return p if p.is_absolute() else cli.REPO_ROOT / p
+
+
+def load_models(config: Config, *, quiet: bool = False):
+    """The checkpoints (float64 runs switch on jax_enable_x64), or the default runs, trained if missing."""
+    if any(read_run_config(c).get("dtype") == "float64" for c in config.checkpoint):
+        jax.config.update("jax_enable_x64", True)
+    return models_for(config.checkpoint, config.models, _runs_dir(config), train_seeds=config.train_seeds,
+                      layers=config.layers, linear_steps=config.linear_steps, softmax_steps=config.softmax_steps,
+                      softmax_width=config.softmax_width, model_filter=config.model, quiet=quiet)
+
+
+def run(config: Config, *, quiet: bool = False) -> dict:
+    """Algorithm 1 on every (model, group, seed); print the table."""
+    config.check()
     plan = []
-    for m in models:
-        groups = config.groups or m.groups
+    for m in load_models(config, quiet=quiet):
+        groups = config.group or m.groups
         for g in groups:
             group_fields(m.seed_params(0), g)  # a group the model lacks (mlp on linear attention): ValueError
-        sampler = m.sampler(config.shots)
-        plan += [(m, g, sampler) for g in groups]
-    progress = Progress(sum(m.n_seeds for m, _, _ in plan), NAME, quiet=quiet)
+        plan += [(m, g, m.sampler(config.shots)) for g in groups]
+    progress = cli.Progress(sum(m.n_seeds for m, _, _ in plan), NAME, quiet=quiet, unit="seeds")
     root = jax.random.fold_in(jax.random.PRNGKey(config.seed), 11)
     rows = []
     for m, group, sampler in plan:
-        reports = []
-        for i in range(m.n_seeds):
-            res = clip_search(jax.random.fold_in(root, i), m.seed_params(i), m.score_fn, group, rates, top_k,
-                              sample_fn=sampler, n_val=config.n_val, n_test=config.n_test, rule=config.rule)
-            reports.append({"seed_index": i, **res.to_dict()})
-            progress.update(1, f"{m.model}/{group} seed {i}: layer {res.layer}, ξ* = {res.xi_star:g}")
-        rows.append({"model": m.model, "group": group, "run": m.describe(),
-                     "shots": sampler.n_demos or m.config.n_demos, "summary": _summary(reports), "per_seed": reports})
-    return {"rates": list(rates), "top_k": top_k, "rows": rows}
+        def on_seed(i, rep, m=m, group=group):
+            progress.update(1, f"{m.model}/{group} seed {i}: layer {rep['layer']}, ξ* = {rep['xi_star']:g}")
+
+        reports = clip_seeds.search_seeds(root, m.params, m.score_fn, group, config.rates, config.top_k,
+                                          sample_fn=sampler, n_val=config.n_val, n_test=config.n_test,
+                                          rule=config.rule, on_seed=on_seed)
+        rows.append({"model": m.model, "group": group, "run": m.describe(), "shots": sampler.n_demos or m.config.n_demos,
+                     "summary": clip_seeds.summarize(reports), "per_seed": reports})
+    results = {"rates": sorted(config.rates), "top_k": config.top_k, "rows": rows}
+    print(clip_seeds.table(results))
+    return results
 
 
-def table(results: dict) -> str:
-    """The paper's table: model, group, selected layer, ξ*, r, test error before → after."""
-    head = (f"{'model':8s} {'group':5s} {'layer (per seed)':18s} {'ξ* mean ± se':16s} {'r* (per seed)':22s} "
-            f"{'test error before → after (mean ± se)':40s} {'change':>16s} improved")
-    lines = [head, "-" * len(head)]
-    for row in results["rows"]:
-        s = row["summary"]
-        layers = ",".join(str(int(v)) for v in s["layer"]["per_seed"])
-        ranks = ",".join("/".join(str(x) for x in r) for r in s["ranks_star"])
-        tb, ta, rel = s["test_before"], s["test_after"], s["relative_change"]
-        if s["n_seeds"] < 2:  # one seed: no standard error over seeds
-            lines.append(
-                f"{row['model']:8s} {row['group']:5s} {layers:18s} {s['xi_star']['mean']:.3f} (1 seed)      "
-                f"{ranks:22s} {tb['mean']:.4f} → {ta['mean']:.4f} (1 seed)                  "
-                f"{100 * rel['mean']:+6.2f} %          {s['improved_seeds']}/{s['n_seeds']}"
-            )
-            continue
-        lines.append(
-            f"{row['model']:8s} {row['group']:5s} {layers:18s} {s['xi_star']['mean']:.3f} ± {s['xi_star']['se']:.3f}    "
-            f"{ranks:22s} {tb['mean']:.4f} ± {tb['se']:.4f} → {ta['mean']:.4f} ± {ta['se']:.4f}        "
-            f"{100 * rel['mean']:+6.2f} ± {100 * rel['se']:4.2f} %  {s['improved_seeds']}/{s['n_seeds']}"
-        )
-    lines.append("(mean ± standard error over training seeds; each seed has its own fresh validation and test "
-                 "prompts; r*: ranks kept per matrix of the group; improved: seeds whose test error fell)")
-    return "\n".join(lines)
-
-
-def plot(results: dict):
-    import matplotlib.pyplot as plt
-
-    rows = results["rows"]
-    rates = results["rates"]
-    x = np.arange(len(rates))
-    fig, axes = plt.subplots(2, len(rows), figsize=(4.5 * len(rows), 7.0), squeeze=False)
-    for j, row in enumerate(rows):
-        ax, bx = axes[0, j], axes[1, j]
-        colours = plt.cm.tab10(np.arange(len(row["per_seed"])) % 10)
-        plotted = []
-        for rep, c in zip(row["per_seed"], colours):
-            curve = np.asarray(rep["val_curve"], dtype=np.float64) / rep["val_before"]
-            plotted.append(curve)
-            ax.plot(x, curve, "o-", color=c, ms=3, lw=1.2, label=f"seed {rep['seed_index']} (layer {rep['layer']})")
-            ax.plot(x[rep["index"]], curve[rep["index"]], "*", color=c, ms=13, mec="k", mew=0.6)
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        _ratio_yscale(ax, np.concatenate(plotted))
-        ranks = np.asarray(row["per_seed"][0]["ranks"])
-        ax.set_xticks(x, [f"{xi:g}\nr={ranks[i].min()}" for i, xi in enumerate(rates)], fontsize=7)
-        ax.set_xlabel("clipping rate ξ")
-        ax.set_title(f"{row['model']} / {row['group']}: validation (★ = ξ*)", fontsize=10)
-        ax.legend(fontsize=6)
-        ax.grid(alpha=0.3, which="both")
-        s = row["summary"]
-        for k, (rep, c) in enumerate(zip(row["per_seed"], colours)):
-            rel = 100 * rep["test_delta"] / rep["test_before"]
-            half = 100 * 1.96 * rep["test_delta_se"] / rep["test_before"]
-            bx.errorbar([k], [rel], yerr=[half], fmt="o", color=c, ms=5, capsize=3)
-        n = len(row["per_seed"])
-        rc = {k: float(rc_v) for k, rc_v in s["relative_change"].items() if k != "per_seed"}  # JSON "nan" → nan
-        bx.errorbar([n], [100 * rc["mean"]], yerr=[0 if not np.isfinite(rc["se"]) else 100 * rc["se"]], fmt="D",
-                    color="k", ms=6, capsize=4)
-        bx.axhline(0.0, color="k", lw=0.8, ls="--")
-        bx.set_xticks(list(range(n + 1)), [f"seed {r['seed_index']}\nlayer {r['layer']}\nξ*={r['xi_star']:g}"
-                                            for r in row["per_seed"]] + ["mean\n± s.e."], fontsize=7)
-        bx.set_title(f"test error change at ξ*: {100 * rc['mean']:+.2f} ± {100 * rc['se']:.2f} % (mean ± s.e.)",
-                     fontsize=9)
-        bx.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("validation error / unpruned")
-    axes[1, 0].set_ylabel("test error after/before − 1 (%)\n(per seed: paired 95% CI over prompts)")
-    fig.suptitle(f"Algorithm 1 (top_k = {results['top_k']}): per seed, validation curve and test error before → after",
-                 fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-def _ratio_yscale(ax, values):
-    """Log scale when the plotted ratios span more than 3x, plain numbers on a linear scale otherwise."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size and values.min() > 0 and values.max() / values.min() > 3:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    else:
-        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-
-
-def build_parser() -> ArgParser:
-    d = Config()
-    p = ArgParser(prog="python experiments/clip_search.py", description=__doc__.split("\n\n")[0],
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_default_run_flags(p, d)
-    p.add_argument("--model", choices=tuple(MODEL_GROUPS), help="only this model (a --checkpoint of another model is an error)")
-    p.add_argument("--group", action="append", choices=sorted(GROUPS), default=[],
-                   help="module group (repeatable); default every group the model has: attn, and mlp for softmax")
-    p.add_argument("--rates", type=rate_list, default=d.rates, help="candidate ξ, comma-separated (default the paper's)")
-    p.add_argument("--top-k", type=positive_int, default=d.top_k, help=f"worst-conditioned layers competing (default {d.top_k})")
-    p.add_argument("--shots", type=positive_int, help="demonstrations per validation/test prompt (default: the run's N)")
-    p.add_argument("--n-val", type=positive_int, default=d.n_val, help=f"validation prompts per seed (default {d.n_val})")
-    p.add_argument("--n-test", type=positive_int, default=d.n_test, help=f"test prompts per seed (default {d.n_test})")
-    p.add_argument("--rule", choices=RANK_RULES, default=d.rule)
-    p.add_argument("--seed", type=int, default=d.seed, help="key of the validation and test prompts")
-    p.add_argument("--json", metavar="PATH", help=f"results file (default results/{NAME}.json)")
-    p.add_argument("--figures-dir", metavar="DIR", help="write clip_search.png here instead of figures/")
-    p.add_argument("--plot-only", action="store_true", help="re-plot from the saved results; compute nothing")
-    p.add_argument("--quiet", action="store_true")
-    return p
+def plot(results: dict) -> dict:
+    """The figure, from saved results."""
+    try:
+        return {"clip_search": figures.clip_search_figure(results)}
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"not a {NAME} results file ({type(e).__name__}: {e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    json_path = Path(args.json) if args.json else REPO_ROOT / "results" / f"{NAME}.json"
-    if args.plot_only:
-        results = load_results(json_path)["results"]
-    else:
-        models = parse_models(args.models)
-        config = Config(checkpoints=tuple(args.checkpoint), models=models, model=args.model, runs_dir=args.runs_dir,
-                        linear_steps=args.linear_steps, softmax_steps=args.softmax_steps, train_seeds=args.train_seeds,
-                        layers=args.layers, softmax_width=args.softmax_width, groups=tuple(dict.fromkeys(args.group)),
-                        rates=args.rates, top_k=args.top_k, shots=args.shots, n_val=args.n_val, n_test=args.n_test,
-                        rule=args.rule, seed=args.seed)
-        results = run(config, quiet=args.quiet)
-        path = save_results(NAME, config, results, seed=config.seed, json_path=json_path)
-        print(table(results))
-        print(f"\nresults: {path}")
-    try:
-        fig = plot(results)
-    except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"{json_path}: not a {NAME} results file ({type(e).__name__}: {e})") from None
-    out = save_figure(fig, NAME, args.figures_dir)
-    if not args.quiet:
-        print(f"figure: {out}")
-    return 0
+    return cli.main(Config, run, plot, argv, name=NAME, doc=__doc__, presets={"quick": QUICK})
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli.command(main)

@@ -143,8 +143,8 @@ def depth_verdict(trend: dict, prompts: dict | None) -> str:
     r = trend["spearman"]
     text = stats.verdict(
         _unclipped(r), what="the t interval over seeds of the rank correlation of the worst-case log error ratio with depth",
-        positive="shallow layers are steadier (the worst-case degradation rises with depth)",
-        negative="deep layers are steadier (the worst-case degradation falls with depth)")
+        positive="shallow layers are steadier: the worst-case degradation rises with depth",
+        negative="deep layers are steadier: the worst-case degradation falls with depth")
     if text.startswith("inconclusive") or prompts is None:
         return text
     lo, hi = prompts["low"], prompts["high"]

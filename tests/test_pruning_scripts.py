@@ -54,7 +54,7 @@ def tiny_runs(tmp_path_factory):
 def test_pruning_phenomenon_script_smoke(tiny_runs, tmp_path):
     mod = load_script("pruning_phenomenon")
     out = tmp_path / "pp.json"
-    args = ["--checkpoint", str(tiny_runs["linear"]), "--checkpoint", str(tiny_runs["softmax"]), "--n-test", "24",
+    args = ["--checkpoint", f"{tiny_runs['linear']},{tiny_runs['softmax']}", "--n-test", "24",
             "--json", str(out), "--figures-dir", str(tmp_path), "--quiet"]
     assert mod.main(args) == 0
     doc = json.loads(out.read_text())
@@ -140,9 +140,12 @@ def test_default_run_is_trained_once_then_reused(tmp_path):
     (m,) = default_models(["linear"], tmp_path, overrides=over, quiet=True)
     run_dir = tmp_path / run_name(default_config("linear", **over["linear"]))
     assert m.run_dir == run_dir and m.step == 3 and m.n_seeds == 2
-    stamp = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    def stamp():  # the run's files; the lock file (lintrans.lock) is rewritten by every holder
+        return {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != ".lock"}
+
+    before = stamp()
     (again,) = default_models(["linear"], tmp_path, overrides=over, quiet=True)
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == stamp, "reused, not retrained"
+    assert stamp() == before, "reused, not retrained"
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(m.params), jax.tree_util.tree_leaves(again.params)))
 
 
@@ -190,3 +193,92 @@ def test_reproduce_all_skipped_stage_keeps_its_earlier_time(tmp_path, capsys):
     assert "took 31.4 s wall" in capsys.readouterr().out
     (stage,) = json.loads((res / "reproduce_all.json").read_text())["results"]["stages"]
     assert stage["status"] == "skipped" and stage["computed_before"] == {"seconds": 31.4, "cpu_seconds": 30.3}
+
+
+# ----------------------------------------------------------------------------- issues 12 and 15
+
+
+def test_checkpoint_uses_the_runs_own_seeds(tiny_runs, tmp_path):
+    """A 2-seed run is evaluated on 2 seeds, each with its own weights: the unpruned error of seed s
+    equals the error of seed s's parameters on the same prompts, computed directly (rtol 1e-12,
+    float64), and the two seeds differ."""
+    from lintrans.trained import load_trained
+
+    mod = load_script("pruning_phenomenon")
+    out = tmp_path / "pp.json"
+    assert mod.main(["--checkpoint", str(tiny_runs["linear"]), "--n-test", "16", "--rates", "0,0.5", "--json", str(out),
+                     "--figures-dir", str(tmp_path), "--quiet"]) == 0
+    (m,) = json.loads(out.read_text())["results"]["models"]
+    assert m["n_seeds"] == 2 and len(m["groups"]["attn"]["unpruned_error"]) == 2
+    assert np.asarray(m["condition_numbers"]["attn_max"]).shape == (2, 3), "(seed, layer)"
+    model = load_trained(tiny_runs["linear"])
+    H, y = model.sampler()(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 7), 0), 16)
+    direct = [float(np.mean(jax.vmap(model.score_fn, (None, 0, 0))(model.seed_params(s), H, y))) for s in range(2)]
+    np.testing.assert_allclose(m["groups"]["attn"]["unpruned_error"], direct, rtol=1e-12,
+                               err_msg="seed s is scored with seed s's own weights")
+    assert direct[0] != direct[1]
+
+
+def test_quick_preset_labels_its_files(tiny_runs, tmp_path, capsys):
+    mod = load_script("clip_search")
+    argv = ["--quick", "--checkpoint", str(tiny_runs["softmax"]), "--group", "attn", "--rates", "0,0.5",
+            "--results-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f"), "--quiet"]
+    assert mod.main(argv) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "r" / "clip_search_quick.json").read_text())
+    assert doc["preset"] == "quick" and doc["config"]["n_test"] == mod.QUICK["n_test"]
+    assert (tmp_path / "f" / "clip_search_quick.png").exists() and "clip_search_quick.json" in out
+
+
+def _cli_error(mod, argv, capsys) -> str:
+    """``main(argv)`` refuses with the CLI's one ``error: …`` line and exit 2 (or a ValueError)."""
+    try:
+        mod.main(argv)
+    except ValueError as e:
+        return f"error: {e}"
+    except SystemExit as e:
+        assert e.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+    pytest.fail(f"accepted: {argv}")
+
+
+@pytest.mark.parametrize("script", ["pruning_phenomenon", "clip_search"])
+def test_bad_inputs_one_error_line_nothing_written(script, tiny_runs, tmp_path, capsys):
+    mod = load_script(script)
+    lin = str(tiny_runs["linear"])
+    (tmp_path / "file").write_text("")
+    defaults = {"--json": str(tmp_path / "x.json"), "--figures-dir": str(tmp_path / "f")}
+    cases = [
+        (["--checkpoint", lin, "--linear-steps", "5"], "meaningless with --checkpoint"),
+        (["--checkpoint", lin, "--train-seeds", "3"], "meaningless with --checkpoint"),
+        (["--checkpoint", lin, "--json", str(tmp_path / "file" / "x.json")], "is not a directory"),
+        (["--checkpoint", lin, "--figures-dir", str(tmp_path / "file")], "is a file"),
+        (["--runs-dir", str(tmp_path / "file")], "is a file"),
+        (["--checkpoint", lin, "--seed", "99999999999999999999"], "--seed"),
+        (["--checkpoint", lin, "--n-test", "0"], "--n-test"),
+        (["--checkpoint", lin, "--rates", "0.5,nan"], "rates"),
+        (["--checkpoint", f"{lin},{tmp_path / 'nope'}"], "no such run directory"),
+    ]
+    for argv, match in cases:
+        extra = [x for flag, path in defaults.items() if flag not in argv for x in (flag, path)]
+        err = _cli_error(mod, [*argv, *extra, "--quiet"], capsys)
+        assert match in err, (argv, err)
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "f").exists(), "nothing written on bad input"
+
+
+@pytest.mark.slow
+def test_float64_run_works_from_a_fresh_process(tiny_runs, tmp_path):
+    """A float64 run given to clip_search as a command (no x64 set by the caller) runs: the CLI
+    switches jax_enable_x64 on for it instead of asking the user to."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "clip_search.py"), "--checkpoint", str(tiny_runs["linear"]),
+         "--n-val", "8", "--n-test", "8", "--rates", "0,0.5", "--json", str(tmp_path / "cs.json"), "--figures-dir",
+         str(tmp_path), "--quiet"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={k: v for k, v in __import__("os").environ.items() if k != "JAX_ENABLE_X64"})
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "cs.json").read_text())
+    assert doc["provenance"]["x64"] is True and "wrote:" in proc.stdout
