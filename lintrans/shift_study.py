@@ -20,7 +20,7 @@ and diverged counts (non-finite, or above :data:`DIVERGED` × it); the rank flag
 keeps rank 0 — it deletes the layer's attention update, or the MLP); ``‖G‖`` and ``η`` before/after.
 
 Mechanism (:func:`correlations`): Spearman correlation, over cells, of the error's log ratio with
-``Δ log ‖G‖`` and with ``Δ log bound`` (Theorem 2 through :mod:`lintrans.bound_sweep`, the ε-ridged
+``Δ log ‖G‖`` and with ``Δ log bound`` (Theorem 2 through :func:`lintrans.bound_eval.theorem2_bound`, the ε-ridged
 proof form, ``ε`` = :data:`BOUND_EPS`, continuous in the weights), with a bootstrap interval.
 
 Choosing ξ (:func:`rate_choices`, group ``attn`` as in the paper): Algorithm 1 (the deepest of the
@@ -261,38 +261,29 @@ def model_cells(plan: SweepPlan, err, g_total, steps, *, null: float, base: dict
 # ----------------------------------------------------------------------------- Theorem 2
 
 
-def bound_points(params_seeds, plan: SweepPlan, H, *, model_config, layers, targets, rates, rule="exact", noise_std=0.0):
-    """Theorem-2 bound (ε-ridged proof form over ``R``) and ``L_S`` of every point, per seed: ``(S, P)`` each.
+@partial(jax.jit, static_argnames=("fields", "b", "mask", "scale", "readout", "point_chunk"))
+def bound_points(params_seeds, fields, layer_index, ranks, H, *, b: int, mask: str, scale: str, readout: int,
+                 eps: float = BOUND_EPS, point_chunk: int = 4):
+    """Theorem-2 bound over ``R`` and ``L_S`` of every sweep point and seed: ``(S, P)`` each, one compiled call.
 
-    Uses :func:`lintrans.bound_sweep.prepare_sweep` (one compiled call per seed; float64). The query
-    labels are not read (zeros are passed for ``y_query`` and ``w``; only ``L_S`` and the summands are used).
-    Points the bound sweep does not cover stay NaN. Returns ``(bound, L_S, seconds, calls)``.
+    The bound is :func:`lintrans.bound_eval.theorem2_bound` (the ε-ridged proof form, continuous in the
+    weights, after clipping too); ``L_S(W_L)`` is :func:`lintrans.bound.empirical_risk` of the implicit
+    learner on the demonstrations. Neither reads a query label. float64 (x64) is required.
     """
-    from lintrans.bound import bound_value
-    from lintrans.bound_sweep import prepare_sweep
+    from lintrans.bound import empirical_risk
+    from lintrans.bound_eval import theorem2_bound
 
-    c = model_config
-    n = H.shape[-1] - 1
-    b = max(1, n // 2)
-    S = jax.tree_util.tree_leaves(params_seeds)[0].shape[0]
-    P = plan.points.shape[0]
-    bound, L_S = np.full((S, P), np.nan), np.full((S, P), np.nan)
-    H64 = jnp.asarray(H, jnp.float64)
-    zeros = (jnp.zeros(H.shape[0]), jnp.zeros((H.shape[0], H.shape[1] - 1)))
-    t0 = time.perf_counter()
-    lin_targets = tuple(t for t in targets if t in ("K", "Q", "V", "attn"))
-    for s in range(S):
-        p = jax.tree_util.tree_map(lambda x: jnp.asarray(x[s], jnp.float64), params_seeds)
-        sw = prepare_sweep(p, (H64, *zeros), b, layers=layers, rates=rates, targets=lin_targets, rule=rule,
-                           eps=(BOUND_EPS,), noise_std=noise_std, mask=c.mask, scale=c.scale, readout=c.readout).run()
-        vals = np.asarray(bound_value(sw.arrays["proof_ridge"][:, 0], n))  # (Pb,)
-        ls = np.asarray(sw.arrays["L_S"])
-        bound[s, 0], L_S[s, 0] = vals[0], ls[0]
-        for cell in plan.cells:
-            key = (cell["layer"], cell["xi"], cell["target"])
-            if key in sw.index:
-                bound[s, cell["point"]], L_S[s, cell["point"]] = vals[sw.index[key]], ls[sw.index[key]]
-    return bound, L_S, time.perf_counter() - t0, S
+    def per_seed(p):
+        def per_point(kr):
+            q = truncate_params_to_rank(p, kr[0], fields, kr[1])
+            over_R = theorem2_bound(q, H, b, eps=eps, mask=mask, scale=scale).over_R
+            W_L = jax.vmap(lambda h: trajectory(q, h, mask=mask, scale=scale).W[-1])(H)
+            L_S = jnp.mean(jax.vmap(lambda w, h: empirical_risk(w, h, readout))(W_L, H))
+            return over_R, L_S
+
+        return jax.lax.map(per_point, (layer_index, ranks), batch_size=point_chunk)
+
+    return jax.lax.map(per_seed, params_seeds)
 
 
 # ----------------------------------------------------------------------------- mechanism
@@ -402,3 +393,241 @@ def shift_base(model_name: str, shift: Shift, config) -> dict:
     """Fields every cell of (model, shift) carries."""
     return {"model": model_name, "shift": shift.resolved(config.d_in, config.n_demos, config.noise_std),
             "shift_label": shift.label(), "n_demos": shift.n_demos(config.n_demos)}
+
+
+# ----------------------------------------------------------------------------- models and the whole study
+
+#: The study's default models (name → TrainConfig fields), trained on first use into ``runs/`` and
+#: reused (:func:`lintrans.trained.ensure_run`). Sized for a 2-core CPU: the one-layer models are the
+#: issue's (d = 20, N = 40; optimal one-step GD error 0.34); the deep ones the default run's task (d = 5,
+#: N = 20). The Wishart sampler draws the Gram matrix directly (the linear model reads nothing else).
+STUDY_MODELS: dict[str, dict] = {
+    "lin-L1-s1/N": dict(model="linear", d_in=20, n_demos=40, n_layers=1, scale="1/N", steps=400, batch_size=256,
+                        init_std=0.2, sampler="wishart"),
+    "lin-L1-s1": dict(model="linear", d_in=20, n_demos=40, n_layers=1, scale="1", steps=400, batch_size=256,
+                      init_std=0.2, sampler="wishart"),
+    "lin-L4-s1/N": dict(model="linear", n_layers=4, scale="1/N", steps=600, sampler="wishart"),
+    "lin-L4-s1": dict(model="linear", n_layers=4, scale="1", steps=600, sampler="wishart"),
+    "lin-L8-s1/N": dict(model="linear", n_layers=8, scale="1/N", steps=600, sampler="wishart"),
+    "lin-L8-s1": dict(model="linear", n_layers=8, scale="1", steps=600, lr=3e-3, sampler="wishart"),
+    "softmax": dict(model="softmax", n_layers=2, steps=800),
+}
+#: ``size="tiny"`` (the --quick preset): every model at d = 3, N = 8 and a few dozen steps (smoke runs only).
+TINY = dict(d_in=3, n_demos=8, steps=60, batch_size=64, checkpoint_every=60, log_every=20)
+SEEDS = 4
+
+
+def study_config(name: str, size: str = "full"):
+    """The :class:`lintrans.train.TrainConfig` of a study model (``size``: ``"full"`` or ``"tiny"``)."""
+    from lintrans.trained import default_config
+
+    if name not in STUDY_MODELS:
+        raise ValueError(f"model must be one of {tuple(STUDY_MODELS)}, got {name!r}")
+    if size not in ("full", "tiny"):
+        raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
+    kw = dict(STUDY_MODELS[name], seeds=SEEDS)
+    kind = kw.pop("model")
+    if size == "tiny":
+        kw.update(TINY, n_layers=min(kw["n_layers"], 2))
+        kw.pop("init_std", None)
+        if kind == "softmax":
+            kw.update(width=16, mlp_width=32, n_heads=2)
+    return default_config(kind, **kw)
+
+
+def study_models(names, runs_dir, *, size: str = "full", quiet: bool = False) -> list[tuple[str, Any]]:
+    """``[(name, TrainedModel)]``: each study model trained into ``runs_dir`` on first use, reused after."""
+    import sys
+    from pathlib import Path
+
+    from lintrans.trained import ensure_run, load_trained, run_name
+
+    out = []
+    for name in names:
+        config = study_config(name, size)
+        run_dir, trained = ensure_run(config, Path(runs_dir) / run_name(config), quiet=quiet)
+        if not quiet:
+            print(f"{'trained' if trained else 'reusing'} {name}: {run_dir}", file=sys.stderr)
+        out.append((name, load_trained(run_dir)))
+    return out
+
+
+def checkpoint_name(model) -> str:
+    """A study name for a ``--checkpoint`` run: kind, depth and scale."""
+    c = model.config
+    return f"lin-L{c.n_layers}-s{c.scale}" if c.model == "linear" else f"softmax-L{c.n_layers}"
+
+
+def _theory(model, task, targets, rates, cells):
+    """One-layer closed form per seed at every cell (in place) and the error-optimal clip per seed."""
+    from lintrans import onelayer
+
+    c = model.config
+    res = [onelayer.clip_errors(model.seed_params(s), task, scale=c.scale, readout=c.readout, targets=targets, rates=rates)
+           for s in range(model.n_seeds)]
+    for cell in cells:
+        e = [next(x["error"] for x in r["cells"] if (x["target"], x["xi"]) == (cell["target"], cell["xi"])) for r in res]
+        u = [r["unpruned"] for r in res]
+        cell.update(error_theory=float(np.mean(u)), error_pruned_theory=float(np.mean(e)),
+                    rel_change_theory=float(np.mean(np.asarray(e) / np.asarray(u) - 1)))
+    return [onelayer.optimal_clip(model.seed_params(s), task, scale=c.scale, readout=c.readout, targets=targets,
+                                  rates=rates) for s in range(model.n_seeds)]
+
+
+def _algorithm1_cost(model, params, H_val, y_val, rates, top_k=3, rule="exact"):
+    """Seconds and compiled calls of Algorithm 1 alone (condition numbers + the validation sweep of the
+    chosen layer, :func:`lintrans.search.candidate_errors`), every seed; the second of two runs (warm)."""
+    from lintrans.search import candidate_errors, group_fields, group_ranks
+
+    def once(seeds):
+        calls = 0
+        for s in seeds:
+            p = jax.tree_util.tree_map(lambda x: x[s], params)
+            fields = group_fields(p, "attn")
+            layer = select_layer(group_condition_numbers(p, "attn").max(axis=1), top_k)
+            ranks = np.unique(group_ranks(p, fields, rates, rule), axis=0)
+            jax.block_until_ready(candidate_errors(p, model.score_fn, fields, layer - 1, jnp.asarray(ranks), H_val, y_val))
+            calls += 2
+        return calls
+
+    once([0])  # compile (the shapes are the same for every seed)
+    t0 = time.perf_counter()
+    calls = once(range(model.n_seeds))
+    return time.perf_counter() - t0, calls
+
+
+def study_model(name: str, model, shifts, *, key, targets, rates, layers=(), n_val: int = 256, n_test: int = 1024,
+                n_bound: int = 32, rule: str = "exact", chunk: int = 512, progress=None) -> dict:
+    """Every shift of one model: cells, rate choices, depth summary, one-layer theory, timings (module docstring).
+
+    ``key`` draws every shift's validation and test prompts (``fold_in(key, shift index)``, split).
+    Needs x64 (the sweep runs in float64 so that divergent prompts stay finite where float32 overflows).
+    """
+    from lintrans.bound import require_x64
+
+    require_x64()
+    c = model.config
+    linear = c.model == "linear"
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), model.params)
+    p0 = jax.tree_util.tree_map(lambda x: x[0], params)
+    names = field_names(p0)
+    avail = tuple(t for t in targets if set(TARGETS[t]) <= set(names))
+    lay = tuple(k for k in layers if k <= c.n_layers) if layers else None
+    plan = plan_sweep(p0, avail, rates, lay, rule)
+    measure = measure_for(model)
+    out = {"model": name, "kind": c.model, "n_layers": c.n_layers, "scale": c.scale if linear else None,
+           "d_in": c.d_in, "n_demos_train": c.n_demos, "targets": list(avail), "n_points": int(plan.points.shape[0]),
+           "n_cells": len(plan.cells), "run": model.describe(), "shifts": {}, "skipped": {}, "cells": []}
+    for i, shift in enumerate(shifts):
+        label = shift.label()
+        try:
+            task = shift.task(c.d_in, c.n_demos, c.noise_std)
+            if not linear and task.n_demos > c.n_demos:
+                raise ValueError(f"{task.n_demos} shots exceed the softmax model's context of {c.n_demos} demonstrations")
+        except ValueError as e:
+            out["skipped"][label] = str(e)
+            if progress:
+                progress.update(1, f"{name} {label} skipped")
+            continue
+        base = shift_base(name, shift, c)
+        k_val, k_test = jax.random.split(jax.random.fold_in(key, i))
+        val, test = task.sample(k_val, n_val, dtype=jnp.float64), task.sample(k_test, n_test, dtype=jnp.float64)
+        H, y = jnp.concatenate([val.H, test.H]), jnp.concatenate([val.y_query, test.y_query])
+        t0 = time.perf_counter()
+        res = jax.block_until_ready(sweep_points(params, measure, plan.fields, jnp.asarray(plan.layer_index),
+                                                 jnp.asarray(plan.points), H, y, chunk=chunk))
+        sweep_s = time.perf_counter() - t0
+        err, g_tot, _g_layer, steps = (np.asarray(a) for a in res)
+        null = float(np.mean(np.asarray(test.y_query) ** 2) / c.d_in)
+        cells = model_cells(plan, err[:, :, n_val:], g_tot[:, :, n_val:] if linear else None, steps, null=null, base=base)
+        entry = {"shift": base["shift"], "n_demos": base["n_demos"], "null_error": null,
+                 "seconds": {"sweep": sweep_s}, "calls": {"sweep": 1}}
+        J = None
+        if linear and n_bound > 0 and task.n_demos >= 2:
+            t1 = time.perf_counter()
+            bnd, LS = (np.asarray(a) for a in jax.block_until_ready(bound_points(
+                params, plan.fields, jnp.asarray(plan.layer_index), jnp.asarray(plan.points), val.H[:n_bound],
+                b=max(1, task.n_demos // 2), mask=c.mask, scale=c.scale, readout=c.readout)))
+            entry["seconds"]["bound"], entry["calls"]["bound"] = time.perf_counter() - t1, 1
+            J = LS * (1 + np.sqrt(2.0) * bnd)
+            with np.errstate(all="ignore"):
+                for cell in cells:
+                    p = cell["point"]
+                    cell.update(bound=float(np.mean(bnd[:, 0])), bound_pruned=float(np.mean(bnd[:, p])),
+                                dlog_bound=float(np.mean(np.log(bnd[:, p] / bnd[:, 0]))),
+                                L_S=float(np.mean(LS[:, 0])), L_S_pruned=float(np.mean(LS[:, p])))
+        if linear and c.n_layers == 1 and task.sparsity is None:
+            entry["theory_optimal_clip"] = _theory(model, task, avail, rates, cells)
+        entry["choices"] = rate_choices(plan, params, err[:, :, :n_val], err[:, :, n_val:], rates=rates, J=J)
+        if "attn" in avail:
+            a1_s, a1_calls = _algorithm1_cost(model, params, val.H, val.y_query, rates, rule=rule)
+            entry["choices"]["algorithm1"].update(seconds=a1_s, calls=a1_calls)
+            entry["choices"]["oracle"].update(seconds=sweep_s, calls=1, note="the full test sweep (every target), with test labels")
+            if J is not None:
+                entry["choices"]["label_free"].update(seconds=entry["seconds"]["bound"], calls=1,
+                                                      note="bound and L_S at every point on validation prompts, no query labels")
+        if c.n_layers > 1:
+            entry["depth"] = depth_summary(cells)
+        out["shifts"][label] = entry
+        out["cells"] += cells
+        if progress:
+            progress.update(1, f"{name} {label}: {len(cells)} cells in {sweep_s:.1f} s")
+    return out
+
+
+def headline(models: list[dict]) -> list[str]:
+    """One line per (model, shift): the best significant improvement, or why there is none (verdicts only
+    where the 95 % interval over seeds supports them)."""
+    lines = []
+    for m in models:
+        for label in m["shifts"]:
+            cs = [c for c in m["cells"] if c["shift_label"] == label and c["rank"] < c["full_rank"]]
+            sig = [c for c in cs if c["improves"]]
+            if sig:
+                b = min(sig, key=lambda c: c["rel_change"])
+                lo, hi = b["rel_change_ci95"]
+                lines.append(f"{m['model']} / {label}: clipping {b['target']} of layer {b['layer']} at xi={b['xi']:g} "
+                             f"(rank {b['rank']}{', deletes the layer' if b['rank0'] else ''}) improves ICL by "
+                             f"{-100 * b['rel_change']:.1f} % [{-100 * hi:.1f}, {-100 * lo:.1f}] "
+                             f"({b['error']:.3g} -> {b['error_pruned']:.3g}; median {b['median']:.3g} -> "
+                             f"{b['median_pruned']:.3g}); {len(sig)} of {len(cs)} cells improve significantly")
+            else:
+                lines.append(f"{m['model']} / {label}: no cell improves significantly (inconclusive or worse: 95 % interval "
+                             f"over seeds never below 0 in {len(cs)} cells)")
+    return lines
+
+
+def _fmt_iv(mean, ci, pct=True):
+    f = 100.0 if pct else 1.0
+    return f"{f * mean:+.1f}{' %' if pct else ''} [{f * ci[0]:+.1f}, {f * ci[1]:+.1f}]"
+
+
+def summary_lines(models: list[dict], corr: dict) -> list[str]:
+    """Mechanism, deep vs shallow and rate-choice statements (verdicts only where intervals support them)."""
+    lines = []
+    for name, c in corr.items():
+        o = c["overall"]
+        if o.get("rho") is None:
+            lines.append(f"Spearman(log error ratio, {c['x']}): not computed ({o.get('note')})")
+            continue
+        lo, hi = o["low"], o["high"]
+        verdict = ("predicts the direction of the change" if lo > 0 else "anti-correlated" if hi < 0
+                   else "inconclusive (interval contains 0)")
+        lines.append(f"Spearman(log error ratio, {c['x']}) over {o['n']} linear cells: {o['rho']:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+                     f"(bootstrap 95 %): {verdict}")
+    for m in models:
+        for label, e in m["shifts"].items():
+            if "verdict" in e.get("depth", {}):
+                lines.append(f"{m['model']} / {label}: {e['depth']['verdict']}")
+            ch = e.get("choices", {})
+            parts = []
+            for meth in ("algorithm1", "label_free", "oracle"):
+                if meth in ch and np.isfinite(ch[meth].get("rel_change", np.nan)):
+                    x = ch[meth]
+                    iv = x["rel_change_ci95"]
+                    sig = "" if not np.all(np.isfinite(iv)) else (" *" if iv[1] < 0 or iv[0] > 0 else "")
+                    parts.append(f"{meth} {_fmt_iv(x['rel_change'], iv)}{sig}")
+            if parts:
+                lines.append(f"{m['model']} / {label}: test change of the chosen clip (attn; * = interval excludes 0): "
+                             + "; ".join(parts))
+    return lines

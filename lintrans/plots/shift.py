@@ -1,0 +1,149 @@
+"""Figures of experiments/pruning_under_shift.py, from its saved results (plain dicts).
+
+* ``shift_heatmap``: per (shift × model layer), the best SIGNIFICANT improvement (−relative change, %,
+  95 % interval over seeds below 0); blank where no cell of that layer improves significantly.
+* ``shift_onelayer``: one-layer models, error against ξ when clipping V (and attn), measured (mean over
+  seeds, 95 % interval) against the closed form of :mod:`lintrans.onelayer`, per shift.
+* ``shift_mechanism``: per cell, the error's mean log ratio against Δlog‖G‖ and Δlog bound.
+* ``shift_choices``: test change of the clip chosen by Algorithm 1, the label-free rule and the oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lintrans import plotting
+
+__all__ = ["heatmap", "onelayer", "mechanism", "choices", "all_figures"]
+
+
+def _v(x) -> float:
+    """A saved number (non-finite values are saved as the strings "nan"/"inf"); None → NaN."""
+    return float("nan") if x is None else float(x)
+
+
+def _shifts(results):
+    seen = []
+    for m in results["models"]:
+        for s in m["shifts"]:
+            if s not in seen:
+                seen.append(s)
+    return seen
+
+
+def heatmap(results: dict):
+    shifts = _shifts(results)
+    cols = [(m["model"], k) for m in results["models"] for k in range(1, m["n_layers"] + 1)]
+    Z = np.full((len(shifts), len(cols)), np.nan)
+    for c in results["cells"]:
+        if not c["improves"] or c["rank"] >= c["full_rank"]:
+            continue
+        i, j = shifts.index(c["shift_label"]), cols.index((c["model"], c["layer"]))
+        Z[i, j] = np.nanmax([Z[i, j], -100 * _v(c["rel_change"])])
+    fig, ax = plotting.figure(width=max(6.4, 0.28 * len(cols) + 2.5), height=0.32 * len(shifts) + 1.9)
+    im = ax.imshow(np.where(np.isfinite(Z), Z, np.nan), aspect="auto", cmap="viridis", vmin=0)
+    ax.grid(False)
+    ax.set_yticks(range(len(shifts)), shifts)
+    ax.set_xticks(range(len(cols)), [str(k) for _, k in cols])
+    starts = [j for j, (m, k) in enumerate(cols) if k == 1]
+    for j in starts[1:]:
+        ax.axvline(j - 0.5, color="w", lw=2)
+    for j0, m in zip(starts, [m["model"] for m in results["models"]]):
+        n = sum(1 for mm, _ in cols if mm == m)
+        ax.text(j0 + (n - 1) / 2, -0.7, m, ha="center", va="bottom", fontsize=8)
+    for i in range(len(shifts)):
+        for j in range(len(cols)):
+            if np.isfinite(Z[i, j]):
+                ax.text(j, i, f"{Z[i, j]:.0f}" if Z[i, j] >= 1 else f"{Z[i, j]:.1f}", ha="center", va="center",
+                        fontsize=7, color="w" if Z[i, j] < 0.6 * np.nanmax(Z) else "k")
+    ax.set_xlabel("layer (per model)")
+    ax.set_title("best significant improvement by clipping one layer (%); blank: none", pad=16)
+    fig.colorbar(im, ax=ax, label="error reduction (%)")
+    return fig
+
+
+def onelayer(results: dict):
+    models = [m for m in results["models"] if m["n_layers"] == 1 and m["kind"] == "linear"]
+    if not models:
+        return None
+    shifts = [s for s in _shifts(results) if any(c.get("error_theory") is not None for c in results["cells"]
+                                                 if c["shift_label"] == s)]
+    fig, axes = plotting.figure(len(models), 2, width=7.2, height=2.6 * len(models) + 0.6, squeeze=False)
+    colors = {s: f"C{i}" for i, s in enumerate(shifts)}
+    for r, m in enumerate(models):
+        for col, target in enumerate(("V", "attn")):
+            ax = axes[r, col]
+            for s in shifts:
+                cs = sorted((c for c in results["cells"] if c["model"] == m["model"] and c["shift_label"] == s
+                             and c["target"] == target and "error_theory" in c), key=lambda c: c["xi"])
+                if not cs:
+                    continue
+                xi = np.array([c["xi"] for c in cs])
+                meas = np.array([_v(c["error_pruned"]) for c in cs])
+                th = np.array([_v(c["error_pruned_theory"]) for c in cs])
+                # the seeds' interval of the relative change, put on the error scale
+                lo = np.array([_v(c["error"]) * (1 + _v(c["rel_change_ci95"][0])) for c in cs])
+                hi = np.array([_v(c["error"]) * (1 + _v(c["rel_change_ci95"][1])) for c in cs])
+                x = np.arange(len(xi))
+                ax.plot(x, th, "-", color=colors[s], label=s if col == 0 else None)
+                ax.errorbar(x, meas, yerr=[np.maximum(meas - lo, 0), np.maximum(hi - meas, 0)], fmt="o", color=colors[s],
+                            ms=3, capsize=2)
+                ax.set_xticks(x, [f"{v:g}" for v in xi])
+            ax.set_title(f"{m['model']}: clip {target} (line: closed form, dots: measured)", fontsize=9)
+            ax.set_xlabel("clipping rate ξ")
+            ax.set_ylabel("test error")
+            plotting.log_axis(ax, "y")
+    axes[0, 0].legend(fontsize=8, loc="best")
+    return fig
+
+
+def mechanism(results: dict):
+    cells = [c for c in results["cells"] if "dlog_G" in c and c["rank"] < c["full_rank"]]
+    if not cells:
+        return None
+    fig, axes = plotting.figure(1, 2, width=7.6, height=3.4)
+    shifts = _shifts(results)
+    for ax, (x_name, label, ckey) in zip(axes, (("dlog_G", "Δ log ‖G‖ (pruned / unpruned)", "G"),
+                                                ("dlog_bound", "Δ log bound (pruned / unpruned)", "bound"))):
+        for i, s in enumerate(shifts):
+            cs = [c for c in cells if c["shift_label"] == s and np.isfinite(_v(c.get(x_name))) and np.isfinite(_v(c["log_ratio"]))]
+            if cs:
+                ax.scatter([_v(c[x_name]) for c in cs], [_v(c["log_ratio"]) for c in cs], s=8, color=f"C{i % 10}",
+                           marker="o" if i < 10 else "^", label=s, alpha=0.7)
+        o = results["correlations"][ckey]["overall"]
+        if o.get("rho") is not None:
+            ax.set_title(f"Spearman {o['rho']:+.2f} [{o['low']:+.2f}, {o['high']:+.2f}]", fontsize=9)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean log(error ratio)")
+    plotting.legend_outside(axes[1], fontsize=7)
+    return fig
+
+
+def choices(results: dict):
+    rows = [(m["model"], s, e["choices"]) for m in results["models"] for s, e in m["shifts"].items()
+            if "oracle" in e.get("choices", {})]
+    if not rows:
+        return None
+    fig, ax = plotting.figure(width=7.2, height=0.22 * len(rows) + 1.4)
+    methods = ("algorithm1", "label_free", "oracle")
+    names = {"algorithm1": "Algorithm 1 (validation)", "label_free": "label-free (bound)", "oracle": "oracle (test set)"}
+    for k, meth in enumerate(methods):
+        y = np.arange(len(rows)) + (k - 1) * 0.25
+        v = np.array([100 * _v(r[2][meth]["rel_change"]) if meth in r[2] else np.nan for r in rows])
+        ci = np.array([[100 * _v(x) for x in r[2][meth]["rel_change_ci95"]] if meth in r[2] else [np.nan, np.nan] for r in rows])
+        ax.errorbar(v, y, xerr=[np.maximum(v - ci[:, 0], 0), np.maximum(ci[:, 1] - v, 0)], fmt="o", ms=3, capsize=2,
+                    color=f"C{k}", label=names[meth])
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(np.arange(len(rows)), [f"{m} | {s}" for m, s, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("test error change of the chosen attn clip (%, symlog; 95 % interval over seeds)")
+    plotting.legend_outside(ax)
+    return fig
+
+
+def all_figures(results: dict) -> dict:
+    figs = {"shift_heatmap": heatmap(results), "shift_onelayer": onelayer(results),
+            "shift_mechanism": mechanism(results), "shift_choices": choices(results)}
+    return {k: v for k, v in figs.items() if v is not None}
