@@ -9,10 +9,14 @@ The contract (other modules and scripts rely on it; keep it exactly)::
                                      "seed_values" (the list of seed values)
     runs/NAME/ckpt_<step:08d>.npz    the state after <step> steps: one array per leaf, named
                                      "params/<field>" and "opt_state/<path>", each with a leading
-                                     seed axis S; "rng/data_keys" (S, 2) uint32; "__meta__" a uint8
-                                     array holding JSON {format, model, step, seed_values, dtype}
+                                     seed axis S; "rng/data_keys" (S, 2) uint32; "pending/loss"
+                                     (k, S), the losses of the k = step mod log_every steps since
+                                     the last metrics record (absent in older files: k = 0);
+                                     "__meta__" a uint8 array holding JSON {format, model, step,
+                                     seed_values, dtype}
     runs/NAME/metrics.jsonl          one JSON object per log step: step, loss (per seed),
                                      loss_mean, grad_norm, lr, steps_per_s, prompts_per_s
+    runs/NAME/.lock                  the writer's lock (lintrans.lock): one process at a time
     runs/NAME/final.json             written by experiments/train_icl.py: test errors, estimators,
                                      config and provenance
 
@@ -20,8 +24,14 @@ Checkpoints are written with :func:`lintrans.io.save_npz` (temporary file, fsync
 rename), so a kill at any moment leaves every ``ckpt_*.npz`` complete: either the old set or the
 old set plus the new file. They are read with ``allow_pickle=False`` and checked leaf by leaf
 against the shapes and dtypes the config implies; a truncated or corrupt file, a missing or extra
-array, a non-finite weight, or a checkpoint of the other model raises ``ValueError`` naming the
-file.
+array, a non-finite weight, an optimizer step count other than the checkpoint's step, or a
+checkpoint of the other model raises ``ValueError`` naming the file.
+
+Metrics survive ``kill -9`` (issue 12, item 7): the training loop appends a step's metrics line
+BEFORE writing that step's checkpoint, so every checkpoint at step ``t`` has all records ``≤ t`` on
+disk; resuming from ``t`` drops the records after ``t`` (:func:`truncate_metrics`: those of steps
+that are recomputed) and restores the pending losses, so the file ends equal to an uninterrupted
+run's (timing fields aside).
 
 Loaders: :func:`load_run` (all seeds), :func:`load_linear_params` and
 :func:`load_softmax_run_params` (one seed), :func:`list_checkpoints`.
@@ -40,6 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans.io import atomic_write_bytes, load_json, load_npz, save_json, save_npz, to_jsonable
+from lintrans.models.softmax import softmax_config
+from lintrans.train_config import config_from_dict, config_to_dict, seed_values
+from lintrans.train_state import TrainState, init_state, seed_keys
 
 __all__ = [
     "CONFIG_FILE",
@@ -50,6 +63,8 @@ __all__ = [
     "list_checkpoints",
     "read_run_config",
     "prepare_run_dir",
+    "open_run",
+    "start_run",
     "save_checkpoint",
     "load_state",
     "load_run",
@@ -66,6 +81,8 @@ FINAL_FILE = "final.json"
 FORMAT = "lintrans-checkpoint-1"
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.npz$")
 _META = "__meta__"
+_PENDING = "pending/loss"
+_KEYS = "rng/data_keys"
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -83,8 +100,6 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[int]:
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The run's ``config.json`` as a dict (``ValueError`` naming the file if missing or invalid)."""
-    from lintrans.train import config_from_dict
-
     path = Path(run_dir) / CONFIG_FILE
     doc = load_json(path)
     try:
@@ -98,38 +113,55 @@ def _normalized(obj) -> Any:
     return json.loads(json.dumps(to_jsonable(obj)))
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, config, *, resume: bool):
-    """Create a run directory, or reopen one to resume; return the state to start from (or ``None``).
+def open_run(run_dir: str | os.PathLike, config, *, resume: bool):
+    """Reopen a run directory to resume, writing nothing; return the state to start from (or ``None``).
 
-    New directory (or no ``config.json``): writes ``config.json``, returns ``None``. Existing run:
-    ``resume`` must be true and ``config.json`` must equal ``config`` (``ValueError`` naming the
-    differing keys); stale temporary files of an interrupted write are removed and the latest
-    checkpoint is loaded (``None`` if there is none yet).
+    No ``config.json`` (a new or empty directory): ``None``, a fresh start. Existing run: ``resume``
+    must be true and ``config.json`` must equal ``config`` (``ValueError`` naming the differing
+    keys); stale temporary files of an interrupted write are removed (safe only under the run's
+    lock, :mod:`lintrans.lock`) and the latest checkpoint is loaded (``None`` if there is none yet).
     """
-    from lintrans.train import config_to_dict
-
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_FILE
-    want = _normalized(config_to_dict(config))
     if not cfg_path.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(cfg_path, want)
         return None
     if not resume:
         raise ValueError(f"{run_dir} already holds a run ({CONFIG_FILE}); resume it (--resume) "
                          "or choose another directory")
     have = read_run_config(run_dir)
+    want = _normalized(config_to_dict(config))
     if have != want:
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         detail = ", ".join(f"{k}: {have.get(k)!r} in the run vs {want.get(k)!r} now" for k in diff)
         raise ValueError(f"{cfg_path}: cannot resume with a different config ({detail})")
     for p in run_dir.iterdir():
-        if p.name.startswith(".ckpt_") and p.name.endswith(".tmp"):
+        if p.name.startswith((".ckpt_", f".{METRICS_FILE}.")) and p.name.endswith(".tmp"):
             p.unlink()
     steps = list_checkpoints(run_dir)
     if not steps:
         return None
     return load_state(run_dir, config, steps[-1])
+
+
+def start_run(run_dir: str | os.PathLike, config) -> Path:
+    """Write ``run_dir/config.json`` for ``config`` (creating the directory), atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return save_json(run_dir / CONFIG_FILE, _normalized(config_to_dict(config)))
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, config, *, resume: bool):
+    """:func:`open_run`, and for a new directory (no ``config.json``) :func:`start_run` at once.
+
+    Returns the state to start from, or ``None``. (The training loop calls the two separately and
+    writes ``config.json`` only once its first step has run, so a run refused or crashed before
+    that leaves no ``config.json`` behind.)
+    """
+    new = not (Path(run_dir) / CONFIG_FILE).exists()
+    state = open_run(run_dir, config, resume=resume)
+    if new:
+        start_run(run_dir, config)
+    return state
 
 
 def _leaf_names(prefix: str, tree) -> list[tuple[str, Any]]:
@@ -139,12 +171,13 @@ def _leaf_names(prefix: str, tree) -> list[tuple[str, Any]]:
 
 def save_checkpoint(run_dir: str | os.PathLike, config, state) -> Path:
     """Write ``state`` (a :class:`lintrans.train.TrainState`, seed axis) as ``ckpt_<step>.npz``, atomically."""
-    from lintrans.train import seed_keys, seed_values
-
     arrays = {}
     for name, leaf in _leaf_names("params", state.params) + _leaf_names("opt_state", state.opt_state):
         arrays[name] = np.asarray(jax.device_get(leaf))
-    arrays["rng/data_keys"] = np.asarray(seed_keys(config)[1])
+    arrays[_KEYS] = np.asarray(seed_keys(config)[1])
+    pending = state.pending_loss
+    arrays[_PENDING] = (np.zeros((0, config.seeds), config.dtype) if pending is None
+                        else np.asarray(jax.device_get(pending)).reshape(-1, config.seeds))
     meta = {"format": FORMAT, "model": config.model, "step": int(state.step),
             "seed_values": seed_values(config), "dtype": config.dtype}
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -169,10 +202,8 @@ def load_state(run_dir: str | os.PathLike, config, step: int):
 
     Every leaf is checked against the shape and dtype ``config`` implies; ``ValueError`` names the
     file for a corrupt or truncated file, a wrong model, a missing/extra/mis-shaped array, a
-    non-finite weight, or seeds that do not match.
+    non-finite weight, an optimizer step count other than ``step``, or seeds that do not match.
     """
-    from lintrans.train import TrainState, init_state, seed_keys, seed_values
-
     path = checkpoint_path(run_dir, step)
     arrays = load_npz(path)
     meta = _read_meta(path, arrays)
@@ -182,7 +213,7 @@ def load_state(run_dir: str | os.PathLike, config, step: int):
         raise ValueError(f"{path}: holds step {meta.get('step')}, not {step}")
     if meta.get("seed_values") != seed_values(config):
         raise ValueError(f"{path}: seeds {meta.get('seed_values')} differ from the config's {seed_values(config)}")
-    if not np.array_equal(arrays.get("rng/data_keys"), np.asarray(seed_keys(config)[1])):
+    if not np.array_equal(arrays.get(_KEYS), np.asarray(seed_keys(config)[1])):
         raise ValueError(f"{path}: rng/data_keys do not match the keys of the config's seeds")
 
     def template():
@@ -191,7 +222,7 @@ def load_state(run_dir: str | os.PathLike, config, step: int):
 
     params_t, opt_t = jax.eval_shape(template)
     expected = _leaf_names("params", params_t) + _leaf_names("opt_state", opt_t)
-    extra = sorted(set(arrays) - {n for n, _ in expected} - {_META, "rng/data_keys"})
+    extra = sorted(set(arrays) - {n for n, _ in expected} - {_META, _KEYS, _PENDING})
     if extra:
         raise ValueError(f"{path}: unexpected array(s) {extra}")
     leaves = []
@@ -204,11 +235,33 @@ def load_state(run_dir: str | os.PathLike, config, step: int):
                              f"the config implies {spec.dtype}{list(spec.shape)}")
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             raise ValueError(f"{path}: array {name!r} contains NaN or Inf")
+        if name.startswith("opt_state/") and name.endswith("/count") and not np.all(arr == step):
+            raise ValueError(f"{path}: optimizer step count {name!r} is {sorted(set(arr.ravel().tolist()))}, "
+                             f"but the checkpoint is at step {step}; the file is inconsistent")
         leaves.append(jnp.asarray(arr))
     n_params = len(jax.tree_util.tree_leaves(params_t))
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params_t), leaves[:n_params])
     opt_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(opt_t), leaves[n_params:])
-    return TrainState(params, opt_state, step)
+    return TrainState(params, opt_state, step, _pending(path, arrays, config, step))
+
+
+def _pending(path: Path, arrays: dict[str, np.ndarray], config, step: int):
+    """The checkpoint's ``pending/loss`` as a ``(k, S)`` array, checked; ``None`` when absent or empty."""
+    if _PENDING not in arrays:
+        return None
+    arr = arrays[_PENDING]
+    # The training loop writes k = step mod log_every rows (0 at log steps); any k < log_every,
+    # k <= step is a consistent file.
+    k_max = min(config.log_every - 1, step)
+    if (arr.ndim != 2 or arr.shape[1] != config.seeds or arr.shape[0] > k_max
+            or arr.dtype != np.dtype(config.dtype)):
+        raise ValueError(f"{path}: array {_PENDING!r} is {arr.dtype}{list(arr.shape)}; at step {step} with "
+                         f"log_every={config.log_every} the config allows {config.dtype}[k, {config.seeds}], "
+                         f"k <= {k_max}")
+    k = arr.shape[0]
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{path}: array {_PENDING!r} contains NaN or Inf")
+    return jnp.asarray(arr) if k else None
 
 
 def _pick_step(run_dir: Path, step: int | None) -> int:
@@ -224,8 +277,6 @@ def _pick_step(run_dir: Path, step: int | None) -> int:
 
 def load_run(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Any, dict[str, Any], int]:
     """``(params with seed axis, config dict, step)`` of the latest checkpoint (or of ``step``)."""
-    from lintrans.train import config_from_dict
-
     run_dir = Path(run_dir)
     config_dict = read_run_config(run_dir)
     step = _pick_step(run_dir, step)
@@ -251,8 +302,6 @@ def load_linear_params(run_dir: str | os.PathLike, seed_index: int = 0, step: in
 
 def load_softmax_run_params(run_dir: str | os.PathLike, seed_index: int = 0, step: int | None = None):
     """``(SoftmaxParams, SoftmaxConfig, config dict)`` of one seed of a softmax run."""
-    from lintrans.train import config_from_dict, softmax_config
-
     params, config_dict = _one_seed(Path(run_dir), "softmax", seed_index, step)
     return params, softmax_config(config_from_dict(config_dict)), config_dict
 

@@ -1,6 +1,8 @@
 """Training in-context regressors: one jitted, seed-vmapped optimizer step (SPEC §5; issue 3).
 
-Two models behind one loop, chosen by ``TrainConfig.model``:
+Every model registered in :mod:`lintrans.models` trains through one loop, chosen by
+``TrainConfig.model``; the loop asks the registry entry for the initialisation, the loss and what
+the batch must hold (``targets``: the query, or every position). The two registered today:
 
 * ``"linear"``: the stacked linear-attention model of SPEC §2 (:mod:`lintrans.attention`),
   parameters :class:`~lintrans.params.LinearAttentionParams`. It predicts the query only; the loss
@@ -26,11 +28,17 @@ update: Adam, linear warm-up from 0 to ``lr`` over ``warmup_steps`` then cosine 
 ``lr · final_lr_frac`` at ``steps``, after global-norm gradient clipping at ``clip_norm``. Steps are
 numbered ``1..steps``; the state after step ``t`` is "at step ``t``" (``t`` updates done).
 
-Keys. Seed ``i`` of a run (0-based) has seed value ``seed + i`` and root key
-``PRNGKey(seed + i)``; its init key is ``fold_in(root, 0)`` and its data key ``fold_in(root, 1)``.
-So seed index ``i`` of a run with ``seed = a`` equals a one-seed run with ``seed = a + i``. Test
-and validation prompts come from other branches (``fold_in(PRNGKey(test_seed), 2)`` and ``…, 3``),
-never from a data key.
+Keys (:mod:`lintrans.train_state`). Seed ``i`` of a run (0-based) has seed value ``seed + i`` and
+root key ``PRNGKey(seed + i)``; its init key is ``fold_in(root, 0)`` and its data key
+``fold_in(root, 1)``. What this gives, exactly: seed index ``i`` of a run with ``seed = a`` starts
+from bitwise the same parameters as a one-seed run with ``seed = a + i`` and is trained on bitwise
+the same prompts (the sampler is elementwise in the keys). The trajectories agree to rounding, not
+bitwise: the step vmaps the seeds, and XLA compiles the seed-batched matrix products and reductions
+differently from the one-seed ones, so the summation order differs; training can amplify the
+difference (the float64 test bounds it at 1e-12 after 30 steps; float32 runs were reported 1e-4
+apart after 3000 steps). Bitwise: the same config gives the same numbers. Test and validation
+prompts come from other branches (``fold_in(PRNGKey(test_seed), 2)`` and ``…, 3``), never from a
+data key.
 
 Variable context size (linear model). The linear model reads only the query, so a curve over the
 number ``k`` of in-context examples needs a model trained over a range of ``k``. With
@@ -58,7 +66,14 @@ the quantity; no checkpoint is written at or after that step, so the last good o
 
 Files (:mod:`lintrans.checkpoint`): ``run_dir/config.json``, ``ckpt_<step:08d>.npz`` every
 ``checkpoint_every`` steps and at the end, ``metrics.jsonl`` (one JSON object per log step).
-``resume=True`` continues from the latest checkpoint and ends bitwise equal to an uninterrupted run.
+``resume=True`` continues from the latest checkpoint and ends bitwise equal to an uninterrupted run,
+with the same ``metrics.jsonl`` (timing fields aside): a step's metrics line is written before its
+checkpoint, and a checkpoint between log steps stores the losses since the last record. One writer
+per directory: :func:`train` holds the run's lock (:mod:`lintrans.lock`) throughout; a second
+process gets ``ValueError: RUN is in use by process N``. ``config.json`` and the step-0 checkpoint
+are written only once the first step has run, so a run refused or crashed before that (a size XLA
+cannot compile, an out-of-memory) leaves no ``config.json`` that would block the same command.
+Sizes beyond int32 indexing or memory are refused before compiling (:mod:`lintrans.limits`).
 
 Linear-model initialisation: i.i.d. ``N(0, init_std²)`` entries, ``init_std = 0.02`` by default.
 Why: the prediction is cubic per layer in the weights, so small weights start the model near the
@@ -72,7 +87,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,12 +98,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lintrans import attention
-from lintrans.experiment import Progress
-from lintrans.params import init_params
-from lintrans.batched import attention_scale, demo_gram, linear_predict_batch, linear_predict_gram, linear_query_predict
+from lintrans import checkpoint as ckpt
+from lintrans import models
+from lintrans.batched import demo_gram, linear_predict_batch, linear_query_predict
 from lintrans.gram_sampler import sample_linear_gram
+from lintrans.limits import check_training_size
+from lintrans.lock import LOCK_FILE, run_lock
+from lintrans.progress import Progress
+from lintrans.sharding import constrain_batch
 from lintrans.tasks import sample_linear_split, tokens_from_xy
+from lintrans.train_state import (
+    TrainState,
+    check_dtype,
+    init_model,
+    init_state,
+    learning_rate,
+    make_optimizer,
+    seed_keys,
+    test_key,
+    validation_key,
+)
 from lintrans.train_config import (
     DTYPES,
     MODELS,
@@ -141,101 +170,6 @@ _tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global
 
 
 # ----------------------------------------------------------------------------------------------
-# Keys, parameters, optimizer
-# ----------------------------------------------------------------------------------------------
-
-
-def seed_keys(config: TrainConfig) -> tuple[jax.Array, jax.Array]:
-    """``(init_keys, data_keys)``, each ``(S, 2)`` uint32: ``fold_in(PRNGKey(seed_i), 0 | 1)``."""
-    roots = [jax.random.PRNGKey(s) for s in seed_values(config)]
-    return (jnp.stack([jax.random.fold_in(r, 0) for r in roots]),
-            jnp.stack([jax.random.fold_in(r, 1) for r in roots]))
-
-
-def test_key(test_seed: int) -> jax.Array:
-    """Key of the fixed test set: ``fold_in(PRNGKey(test_seed), 2)`` (disjoint from data keys)."""
-    return jax.random.fold_in(jax.random.PRNGKey(test_seed), 2)
-
-
-def validation_key(test_seed: int) -> jax.Array:
-    """Key of validation prompts (e.g. tuning GD's η): ``fold_in(PRNGKey(test_seed), 3)``."""
-    return jax.random.fold_in(jax.random.PRNGKey(test_seed), 3)
-
-
-def init_model(key: jax.Array, config: TrainConfig):
-    """Initial parameters of ONE seed (no seed axis).
-
-    Linear: every entry ``init_std · z``, ``z ~ N(0, 1)`` i.i.d. (:func:`lintrans.params.init_params`
-    at unit entry std, then scaled). Softmax: :func:`lintrans.transformer.init_softmax` (GPT-2).
-    """
-    if config.model == "linear":
-        return _init_linear(key, config, config.init_std)
-    from lintrans.transformer import init_softmax
-
-    return init_softmax(key, softmax_config(config), config.jnp_dtype)
-
-
-def _init_linear(key, config: TrainConfig, init_std):
-    # init_scale = √D is unit entry std (√D/√D is exactly 1); init_std may be traced, so one
-    # compiled init serves every init_std. The cast: init_params' NumPy float64 factor would
-    # promote float32 weights to float64 under x64.
-    unit = init_params(key, config.n_layers, config.dim, math.sqrt(config.dim), config.jnp_dtype)
-    return jax.tree_util.tree_map(lambda x: (init_std * x).astype(config.jnp_dtype), unit)
-
-
-def learning_rate(config: TrainConfig) -> optax.Schedule:
-    """Linear warm-up ``0 → lr`` over ``warmup_steps``, cosine decay to ``lr·final_lr_frac`` at ``steps``."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=config.lr, warmup_steps=config.warmup_steps,
-        decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.lr * config.final_lr_frac)
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping (unless ``clip_norm = 0``) then Adam on :func:`learning_rate`."""
-    adam = optax.adam(learning_rate(config))
-    if config.clip_norm == 0:
-        return optax.chain(optax.identity(), adam)
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
-
-
-class TrainState(NamedTuple):
-    """Parameters and optimizer state with a leading seed axis ``S``, and the step reached."""
-
-    params: Any
-    opt_state: Any
-    step: int
-
-
-def init_state(config: TrainConfig) -> TrainState:
-    """The state at step 0 for every seed (vmapped init)."""
-    _check_dtype(config)
-    init_keys, _ = seed_keys(config)
-    # The init depends on the shapes only (init_std is a traced argument; Adam's state is zeros).
-    shape_only = TrainConfig(model=config.model, d_in=config.d_in, n_demos=config.n_demos,
-                             n_layers=config.n_layers, width=config.width, n_heads=config.n_heads,
-                             mlp_width=config.mlp_width, dtype=config.dtype)
-    params, opt_state = _cached_init(shape_only)(init_keys, jnp.asarray(config.init_std, config.jnp_dtype))
-    return TrainState(params, opt_state, 0)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_init(config: TrainConfig) -> Callable:
-    def init(init_keys, init_std):
-        if config.model == "linear":
-            params = jax.vmap(lambda k: _init_linear(k, config, init_std))(init_keys)
-        else:
-            params = jax.vmap(lambda k: init_model(k, config))(init_keys)
-        return params, jax.vmap(make_optimizer(config).init)(params)
-
-    return jax.jit(init)
-
-
-def _check_dtype(config: TrainConfig) -> None:
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
-
-
-# ----------------------------------------------------------------------------------------------
 # Batches and losses
 # ----------------------------------------------------------------------------------------------
 
@@ -273,8 +207,9 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
         cov_sqrt = jnp.diag((jnp.arange(d) < d_active).astype(config.jnp_dtype))
     else:
         d_active, n_active, cov_sqrt = jnp.asarray(d), jnp.asarray(N), None
+    spec = models.get(config.model)
     n_true = None
-    if config.model == "linear":
+    if spec.targets == "query":  # shorter contexts as zeroed demonstrations with their true count
         if config.k_min is not None:
             n_true = jax.random.randint(k_count, (B,), config.k_min, n_active + 1)
         elif config.curriculum is not None:
@@ -289,7 +224,7 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
     # (the linear model's batched path).
     X, y = draws.joined()
     H = jax.vmap(tokens_from_xy)(X, y)
-    if config.model == "softmax":
+    if spec.targets == "positions":
         return Batch(H, y, None, d_active, n_active)
     keep = None
     if n_true is not None:
@@ -303,37 +238,11 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
 
 
 def batch_loss(config: TrainConfig, params, batch: Batch, path: str = "batched") -> jax.Array:
-    """Mean ICL error ``(ŷ − y)²/d_active`` of one seed's parameters on ``batch`` (the training loss)."""
+    """The training loss of one seed's parameters on ``batch``: the registered model's ``loss``
+    (linear: mean ``(ŷ − y_q)²/d_active``; softmax: Garg's mean over positions ``j ≤ n_active``)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    if config.model == "linear":
-        n_true = batch.n_true
-        if path == "batched" and config.mask == "demos":
-            if batch.gram is None or batch.query is None:  # a batch built from tokens only
-                y_hat = linear_predict_batch(params, batch.H, n_true, scale=config.scale, readout=config.readout)
-            else:
-                s = attention_scale(config.scale, config.n_demos, n_true, batch.query.shape[0], batch.query.dtype)
-                y_hat = linear_predict_gram(params, batch.gram, batch.query, s, readout=config.readout)
-            return jnp.mean((y_hat - batch.targets) ** 2) / batch.d_active
-
-        if batch.H is None:
-            raise ValueError(f"path={path!r} reads the prompt tokens, which sampler='wishart' does not draw; "
-                             "use path='batched'")
-
-        def one(h, k):
-            return linear_query_predict(params, h, k, mask=config.mask, scale=config.scale,
-                                        readout=config.readout, path=path)
-
-        y_hat = jax.vmap(one)(batch.H, n_true) if n_true is not None else jax.vmap(lambda h: one(h, None))(batch.H)
-        err = (y_hat - batch.targets) ** 2
-        return jnp.mean(err) / batch.d_active
-    from lintrans.transformer import softmax_predict_all
-
-    scfg = softmax_config(config)
-    preds = jax.vmap(lambda h: softmax_predict_all(params, h, scfg))(batch.H)  # (B, N+1)
-    weight = (jnp.arange(config.n_demos + 1) <= batch.n_active).astype(preds.dtype)
-    err = (preds - batch.targets) ** 2
-    return jnp.sum(err * weight[None, :]) / (jnp.sum(weight) * preds.shape[0]) / batch.d_active
+    return models.get(config.model).loss(config, params, batch, path)
 
 
 def make_loss(config: TrainConfig, path: str = "batched", mesh=None) -> Callable:
@@ -347,8 +256,6 @@ def make_loss(config: TrainConfig, path: str = "batched", mesh=None) -> Callable
     def loss(params, data_key, step):
         batch = sample_batch(config, jax.random.fold_in(data_key, step), step)
         if mesh is not None:
-            from lintrans.sharding import constrain_batch
-
             batch = batch._replace(**{f: constrain_batch(getattr(batch, f), mesh)
                                       for f in ("H", "targets", "gram", "query") if getattr(batch, f) is not None})
         return batch_loss(config, params, batch, path)
@@ -440,42 +347,58 @@ def _raise_if_bad(bad: np.ndarray, config: TrainConfig, last_ckpt: int | None, r
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
-          on_log: Callable[[dict[str, Any]], None] | None = None, path: str = "batched") -> TrainResult:
+          on_log: Callable[[dict[str, Any]], None] | None = None,
+          on_checkpoint: Callable[[int], None] | None = None, path: str = "batched") -> TrainResult:
     """Train ``config.seeds`` seeds of ``config.model`` for ``config.steps`` steps.
 
     Args:
       config: the run.
       run_dir: where ``config.json``, checkpoints and ``metrics.jsonl`` go (``None``: nothing is
         written). An existing run directory needs ``resume=True``, and its ``config.json`` must
-        equal ``config``.
+        equal ``config``. Held under the run's lock (:mod:`lintrans.lock`) for the whole call.
       resume: continue from the latest checkpoint (from scratch if there is none).
       quiet: no progress line.
-      on_log: called with each metrics record after it is written.
+      on_log: called with each metrics record after it is written (before that step's checkpoint).
+      on_checkpoint: called with the step after each checkpoint is written.
       path: the linear model's forward path, one of :data:`PATHS` (``"batched"``: fastest).
 
     Raises:
       TrainingDivergedError: a non-finite loss or weight (no checkpoint at or after that step).
-      ValueError: bad config, an existing run without ``resume``, a config mismatch, a corrupt
-        checkpoint (named).
+      ValueError: bad config, sizes beyond int32 indexing or memory, an existing run without
+        ``resume``, a config mismatch, a corrupt checkpoint (named), a run directory in use by
+        another process (:class:`lintrans.lock.RunInUseError`).
     """
-    from lintrans import checkpoint as ckpt
-
-    _check_dtype(config)
+    check_dtype(config)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    state = None
-    if run_dir is not None:
-        state = ckpt.prepare_run_dir(run_dir, config, resume=resume)
+    check_training_size(config)
+    if run_dir is None:
+        return _train(config, None, None, quiet, on_log, on_checkpoint, path)
+    if isinstance(run_dir, str) and not run_dir.strip():
+        raise ValueError("run_dir must name a directory, got an empty string")
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        with run_lock(run_dir):
+            state = ckpt.open_run(run_dir, config, resume=resume)
+            return _train(config, run_dir, state, quiet, on_log, on_checkpoint, path)
+    finally:
+        # A directory this call created and that holds nothing but the lock (refused or failed
+        # before the first step): removed, so nothing is left half-way.
+        if created and run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train(config, run_dir, state, quiet, on_log, on_checkpoint, path) -> TrainResult:
+    # Written once the first step has run (below), not before: a run that fails to compile or
+    # allocate leaves no config.json behind.
+    unstarted = run_dir is not None and not (run_dir / ckpt.CONFIG_FILE).exists()
     if state is None:
         state = init_state(config)
     start = state.step
     if run_dir is not None:
         ckpt.truncate_metrics(run_dir, start)
     last_ckpt = start if (run_dir is not None and start > 0) else None
-    if run_dir is not None and start == 0:
-        ckpt.save_checkpoint(run_dir, config, state)
-        last_ckpt = 0
 
     step_fn = make_train_step(config, path)
     _, data_keys = seed_keys(config)
@@ -483,11 +406,20 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
     params, opt_state = state.params, state.opt_state
     bad = jnp.full((config.seeds, 2), -1, jnp.int32)
     progress = Progress(config.steps - start, f"train {config.model} L={config.n_layers}",
-                        quiet=quiet or start >= config.steps)
-    losses, gnorms = [], []
-    t_last, s_last = time.perf_counter(), start
+                        quiet=quiet or start >= config.steps, unit="steps")
+    # Losses since the last metrics record (restored from the checkpoint after a resume).
+    losses = [] if state.pending_loss is None else list(state.pending_loss)
+    gnorms = []
+    t_last, s_last = time.perf_counter(), start - len(losses)
     for step in range(start + 1, config.steps + 1):
         params, opt_state, loss, gnorm, bad = step_fn(params, opt_state, data_keys, jnp.int32(step), bad)
+        if step == start + 1 and run_dir is not None and (unstarted or start == 0):
+            loss.block_until_ready()  # the step compiled and ran: the run has really started
+            if unstarted:
+                ckpt.start_run(run_dir, config)
+            if start == 0:
+                ckpt.save_checkpoint(run_dir, config, state)
+                last_ckpt = 0
         losses.append(loss)
         gnorms.append(gnorm)
         is_log = step % config.log_every == 0 or step == config.steps
@@ -495,9 +427,6 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
         if not (is_log or is_ckpt):
             continue
         _raise_if_bad(np.asarray(bad), config, last_ckpt, run_dir)
-        if is_ckpt and run_dir is not None:
-            ckpt.save_checkpoint(run_dir, config, TrainState(params, opt_state, step))
-            last_ckpt = step
         if is_log:
             now = time.perf_counter()
             mean_loss = np.asarray(jnp.mean(jnp.stack(losses), axis=0))
@@ -510,6 +439,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
             if config.curriculum is not None:
                 d_a, n_a = config.curriculum.active(step, config.d_in, config.n_demos)
                 record["d_active"], record["n_active"] = int(d_a), int(n_a)
+            # Before this step's checkpoint: a kill between the two then loses nothing (the
+            # resume starts before this step and writes the record again).
             if run_dir is not None:
                 ckpt.append_metrics(run_dir, record)
             progress.update(step - s_last, f"loss {record['loss_mean']:.4g} lr {record['lr']:.2e} {rate:.0f} steps/s")
@@ -517,6 +448,12 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, resume: boo
                 on_log(record)
             losses, gnorms = [], []
             t_last, s_last = now, step
+        if is_ckpt and run_dir is not None:
+            pending = jnp.stack(losses) if losses else None
+            ckpt.save_checkpoint(run_dir, config, TrainState(params, opt_state, step, pending))
+            last_ckpt = step
+            if on_checkpoint is not None:
+                on_checkpoint(step)
     final = TrainState(params, opt_state, max(config.steps, start))
     return TrainResult(final, config, run_dir, start)
 
@@ -535,27 +472,22 @@ def predict_query(config: TrainConfig, params, H: jax.Array) -> jax.Array:
 
 
 def predict_positions(config: TrainConfig, params, H: jax.Array) -> jax.Array:
-    """Softmax model: predictions ``(B, N'+1)`` at every ``x`` position (entry ``k``: ``k`` pairs seen)."""
-    if config.model != "softmax":
-        raise ValueError("predict_positions is for the softmax model; the linear model predicts the query only")
+    """Predictions ``(B, N'+1)`` at every ``x`` position (entry ``k``: ``k`` pairs seen), for models that
+    have them (softmax); ``ValueError`` for a model that predicts the query only (linear)."""
+    if models.get(config.model).predict_positions is None:
+        raise ValueError(f"predict_positions is for models that predict at every position (softmax); the "
+                         f"{config.model} model predicts the query only")
     return _predict_positions(config, params, H)
 
 
 def _predict_query_impl(config: TrainConfig, params, H):
-    if config.model == "linear":
-        return jax.vmap(lambda h: attention.predict(params, h, mask=config.mask, scale=config.scale,
-                                                    readout=config.readout))(H)
-    from lintrans.transformer import softmax_predict
-
-    scfg = softmax_config(config)
-    return jax.vmap(lambda h: softmax_predict(params, h, scfg))(H)
+    spec = models.get(config.model)
+    return jax.vmap(lambda h: spec.predict_query(config, params, h))(H)
 
 
 def _predict_positions_impl(config: TrainConfig, params, H):
-    from lintrans.transformer import softmax_predict_all
-
-    scfg = softmax_config(config)
-    return jax.vmap(lambda h: softmax_predict_all(params, h, scfg))(H)
+    spec = models.get(config.model)
+    return jax.vmap(lambda h: spec.predict_positions(config, params, h))(H)
 
 
 _predict_query = jax.jit(_predict_query_impl, static_argnums=0)

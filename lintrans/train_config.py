@@ -14,13 +14,16 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lintrans import attention
+from lintrans import attention, models
 from lintrans.io import require_int
+from lintrans.models.softmax import softmax_config
+from lintrans.transformer import SoftmaxConfig
 
 __all__ = ["MODELS", "DTYPES", "PATHS", "SAMPLERS", "Curriculum", "TrainConfig", "config_to_dict",
            "config_from_dict", "softmax_config", "seed_values"]
 
-MODELS = ("linear", "softmax")
+#: The registered model names (:mod:`lintrans.models`).
+MODELS = models.MODELS
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 #: Forward paths of the linear model: ``"batched"`` (:func:`linear_predict_batch`, the training
 #: default), ``"gram"`` (:func:`lintrans.attention.predict` vmapped) and ``"tokens"`` (the
@@ -76,13 +79,13 @@ class TrainConfig:
     """Everything that determines a training run (stored as ``config.json``).
 
     Model and task:
-      model: ``"linear"`` or ``"softmax"``.
+      model: a registered model name (:data:`MODELS`: ``"linear"``, ``"softmax"``, …; :mod:`lintrans.models`).
       d_in, n_demos, n_layers: ``d``, ``N`` (demonstrations per prompt), ``L``.
       mask, scale, readout: linear-model options (:mod:`lintrans.attention`).
       init_std: linear model, std of the i.i.d. Gaussian initial weights.
       width, n_heads, mlp_width: softmax model (:class:`lintrans.transformer.SoftmaxConfig`).
       noise_std: label noise ``σ``.
-      k_min: linear model; ``None`` trains at ``k = N`` only, an integer ``1..N`` draws
+      k_min: models whose loss scores the query (linear); ``None`` trains at ``k = N`` only, an integer ``1..N`` draws
         ``k ~ Uniform{k_min..N}`` per prompt (zeroed demonstrations, see the module docstring).
       curriculum: ``None`` or a :class:`Curriculum`.
       sampler: how training prompts are drawn. ``"tokens"``: the demonstrations themselves
@@ -92,7 +95,8 @@ class TrainConfig:
         ``"batched"`` path can read it.
     Optimisation:
       steps, batch_size, lr, warmup_steps, final_lr_frac, clip_norm: Adam with linear warm-up and
-        cosine decay, global-norm clipping (``clip_norm = 0`` disables it).
+        cosine decay to ``lr·final_lr_frac`` (``final_lr_frac`` in ``[0, 1]``), global-norm clipping
+        (``clip_norm = 0`` disables it).
       seed, seeds: seed values ``seed, seed+1, …, seed+seeds−1``, trained together (vmap).
       dtype: ``"float32"`` or ``"float64"`` (needs ``jax_enable_x64``).
       checkpoint_every, log_every: in steps.
@@ -126,8 +130,7 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        spec = models.get(self.model)  # ValueError naming the registered models
         require_int("d_in", self.d_in)
         require_int("n_demos", self.n_demos)
         require_int("n_layers", self.n_layers)
@@ -137,14 +140,15 @@ class TrainConfig:
             require_int(name, getattr(self, name))
         _finite("noise_std", self.noise_std, 0.0)
         if self.k_min is not None:
-            if self.model != "linear":
-                raise ValueError("k_min applies to the linear model; the softmax model's loss covers every k")
+            if spec.targets != "query":
+                raise ValueError(f"k_min applies to models whose loss scores the query (linear); the "
+                                 f"{self.model} model's loss covers every k")
             require_int("k_min", self.k_min)
             if self.k_min > self.n_demos:
                 raise ValueError(f"k_min must be <= n_demos={self.n_demos}, got {self.k_min}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.sampler == "wishart" and (self.model != "linear" or self.mask != "demos"):
+        if self.sampler == "wishart" and not (spec.reads_gram and self.mask == "demos"):
             raise ValueError("sampler='wishart' needs model='linear' and mask='demos' (the model must read "
                              f"prompts only through their Gram matrix); got model={self.model!r}, mask={self.mask!r}")
         if self.curriculum is not None and not isinstance(self.curriculum, Curriculum):
@@ -156,6 +160,9 @@ class TrainConfig:
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps must be <= steps={self.steps}, got {self.warmup_steps}")
         _finite("final_lr_frac", self.final_lr_frac, 0.0)
+        if self.final_lr_frac > 1:  # the schedule decays from lr to lr·final_lr_frac
+            raise ValueError(f"final_lr_frac must be in [0, 1] (the final rate is lr·final_lr_frac), "
+                             f"got {self.final_lr_frac!r}")
         _finite("clip_norm", self.clip_norm, 0.0)
         require_int("seed", self.seed, 0)
         require_int("seeds", self.seeds)
@@ -163,8 +170,7 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         require_int("checkpoint_every", self.checkpoint_every)
         require_int("log_every", self.log_every)
-        if self.model == "softmax":
-            softmax_config(self)  # validates width/n_heads
+        spec.check_config(self)  # the model's own checks (softmax: width / n_heads)
 
     @property
     def dim(self) -> int:
@@ -181,7 +187,8 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     :class:`~lintrans.transformer.SoftmaxConfig` fields, or ``None`` for the linear model) and
     ``"seed_values"`` (the list of seed values)."""
     out = dataclasses.asdict(config)
-    out["softmax"] = dataclasses.asdict(softmax_config(config)) if config.model == "softmax" else None
+    arch = models.get(config.model).architecture(config)
+    out["softmax"] = dataclasses.asdict(arch) if isinstance(arch, SoftmaxConfig) else None
     out["seed_values"] = seed_values(config)
     return out
 
@@ -207,14 +214,6 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         return TrainConfig(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad training config: {e}") from None
-
-
-def softmax_config(config: TrainConfig):
-    """The :class:`lintrans.transformer.SoftmaxConfig` of a softmax run (``n_demos_max = N``)."""
-    from lintrans.transformer import SoftmaxConfig
-
-    return SoftmaxConfig(d_in=config.d_in, n_demos_max=config.n_demos, n_layers=config.n_layers,
-                         width=config.width, n_heads=config.n_heads, mlp_width=config.mlp_width)
 
 
 def seed_values(config: TrainConfig) -> list[int]:

@@ -10,7 +10,11 @@ once per model, not once per call.
 
 :func:`ensure_run` gives a new user a model from one command: it trains a default configuration
 with :func:`lintrans.train.train` into ``runs/NAME`` unless a complete run with the same config is
-already there (then it is reused, so a second call costs nothing), resuming an interrupted one.
+already there (then it is reused, so a second call costs nothing), resuming an interrupted one;
+it holds the run's lock (:mod:`lintrans.lock`) from the check to the end of training, so two
+processes never train one directory. Everything here takes plain arguments (run directories,
+model names, :class:`~lintrans.train.TrainConfig` overrides); the command-line flags that choose
+them belong to the scripts' harness.
 """
 
 from __future__ import annotations
@@ -25,18 +29,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lintrans import attention
-from lintrans.checkpoint import list_checkpoints, load_run, read_run_config
+from lintrans import models
+from lintrans.checkpoint import CONFIG_FILE, list_checkpoints, load_run, read_run_config
 from lintrans.io import to_jsonable
+from lintrans.lock import run_lock
 from lintrans.tasks import sample_linear
-from lintrans.train import TrainConfig, config_from_dict, config_to_dict, softmax_config, train
+from lintrans.train import TrainConfig, config_from_dict, config_to_dict, train
 
 __all__ = [
     "MODEL_GROUPS",
     "DEFAULT_RUNS",
     "default_run_overrides",
-    "experiment_models",
-    "add_default_run_flags",
+    "models_for",
     "parse_models",
     "QueryError",
     "PromptSampler",
@@ -49,8 +53,9 @@ __all__ = [
     "resolve_models",
 ]
 
-#: Module groups each model has (SPEC §6): the linear-attention stack has no MLP.
-MODEL_GROUPS = {"linear": ("attn",), "softmax": ("attn", "mlp")}
+#: Module groups each registered model has (SPEC §6; :mod:`lintrans.models`): the linear-attention
+#: stack has no MLP.
+MODEL_GROUPS = {name: m.groups for name, m in models.REGISTRY.items()}
 
 #: The small default runs the pruning experiments train when no checkpoint is given, sized so
 #: that experiments/reproduce_all.py stays under 15 minutes on a 2-core CPU. Everything else is
@@ -75,21 +80,17 @@ DEFAULT_RUNS: dict[str, dict[str, Any]] = {
 class QueryError:
     """Per-prompt ICL error ``(ŷ − y)² / d_in`` of one seed's parameters on one prompt ``H (D, N'+1)``.
 
-    Linear model: :func:`lintrans.attention.predict` with the run's mask, scale and readout (the
-    scale ``1/N'`` follows the prompt's own ``N'``). Softmax model: the query's prediction after
-    ``N' ≤ N`` pairs (:func:`lintrans.transformer.softmax_predict`).
+    The registered model's ``predict_query`` (:mod:`lintrans.models`). Linear model:
+    :func:`lintrans.attention.predict` with the run's mask, scale and readout (the scale ``1/N'``
+    follows the prompt's own ``N'``). Softmax model: the query's prediction after ``N' ≤ N`` pairs
+    (:func:`lintrans.transformer.softmax_predict`).
     """
 
     config: TrainConfig
 
     def __call__(self, params, H: jax.Array, y: jax.Array) -> jax.Array:
         c = self.config
-        if c.model == "linear":
-            y_hat = attention.predict(params, H, mask=c.mask, scale=c.scale, readout=c.readout)
-        else:
-            from lintrans.transformer import softmax_predict
-
-            y_hat = softmax_predict(params, H, softmax_config(c))
+        y_hat = models.get(c.model).predict_query(c, params, H)
         return (y_hat - y) ** 2 / c.d_in
 
 
@@ -146,9 +147,9 @@ class TrainedModel(NamedTuple):
         if n_demos is not None:
             if isinstance(n_demos, bool) or not isinstance(n_demos, int) or n_demos < 1:
                 raise ValueError(f"shot count must be a positive integer, got {n_demos!r}")
-            if c.model == "softmax" and n_demos > c.n_demos:
+            if models.get(c.model).context_limited and n_demos > c.n_demos:
                 raise ValueError(
-                    f"shot count {n_demos} exceeds the softmax model's context of {c.n_demos} demonstrations ({self.run_dir})"
+                    f"shot count {n_demos} exceeds the {c.model} model's context of {c.n_demos} demonstrations ({self.run_dir})"
                 )
         return PromptSampler(c, n_demos)
 
@@ -197,7 +198,7 @@ def run_name(config: TrainConfig) -> str:
     """A directory name: the main settings, readable, and a hash of the whole config, so two
     different configs never share a directory."""
     name = f"{config.model}_L{config.n_layers}_d{config.d_in}_N{config.n_demos}"
-    if config.model == "softmax":
+    if models.get(config.model).uses_width:
         name += f"_w{config.width}"
     digest = hashlib.sha1(json.dumps(to_jsonable(config_to_dict(config)), sort_keys=True).encode()).hexdigest()[:8]
     return name + f"_steps{config.steps}_seeds{config.seeds}_{digest}"
@@ -211,12 +212,13 @@ def ensure_run(config: TrainConfig, run_dir, *, quiet: bool = False) -> tuple[Pa
     (``ValueError`` naming the differing keys), never overwritten.
     """
     run_dir = Path(run_dir)
-    if (run_dir / "config.json").exists():
-        have = read_run_config(run_dir)
-        want = json.loads(json.dumps(to_jsonable(config_to_dict(config))))
-        if have == want and config.steps in list_checkpoints(run_dir):
-            return run_dir, False
-    train(config, run_dir, resume=True, quiet=quiet)
+    with run_lock(run_dir):  # RunInUseError (a ValueError) if another process holds it
+        if (run_dir / CONFIG_FILE).exists():
+            have = read_run_config(run_dir)
+            want = json.loads(json.dumps(to_jsonable(config_to_dict(config))))
+            if have == want and config.steps in list_checkpoints(run_dir):
+                return run_dir, False
+        train(config, run_dir, resume=True, quiet=quiet)
     return run_dir, True
 
 
@@ -266,46 +268,22 @@ def default_run_overrides(*, train_seeds=None, layers=None, linear_steps=None, s
     }
 
 
-def experiment_models(config, *, model_filter: str | None = None, quiet: bool = False) -> list[TrainedModel]:
-    """:func:`resolve_models` for an experiment ``Config`` with the default-run fields.
+def models_for(checkpoints, models_wanted, runs_dir, *, train_seeds=None, layers=None, linear_steps=None,
+               softmax_steps=None, softmax_width=None, model_filter: str | None = None,
+               quiet: bool = False) -> list[TrainedModel]:
+    """:func:`resolve_models` with the default-run overrides of :func:`default_run_overrides`, from plain values.
 
-    ``config`` has ``checkpoints, models, runs_dir, train_seeds, layers, linear_steps,
-    softmax_steps, softmax_width`` (the flags of :func:`add_default_run_flags`); a relative
-    ``runs_dir`` is taken from the repository root.
+    ``runs_dir`` is used as given (the caller resolves a relative one, e.g. against the repository root).
     """
-    from lintrans.experiment import REPO_ROOT
-
-    runs_dir = Path(config.runs_dir)
-    if not runs_dir.is_absolute():
-        runs_dir = REPO_ROOT / runs_dir
-    overrides = default_run_overrides(train_seeds=config.train_seeds, layers=config.layers,
-                                      linear_steps=config.linear_steps, softmax_steps=config.softmax_steps,
-                                      softmax_width=config.softmax_width)
-    return resolve_models(config.checkpoints, config.models, runs_dir, overrides=overrides,
+    overrides = default_run_overrides(train_seeds=train_seeds, layers=layers, linear_steps=linear_steps,
+                                      softmax_steps=softmax_steps, softmax_width=softmax_width)
+    return resolve_models(checkpoints, models_wanted, Path(runs_dir), overrides=overrides,
                           model_filter=model_filter, quiet=quiet)
-
-
-def add_default_run_flags(p, config) -> None:
-    """The flags that choose an experiment's models: ``--checkpoint`` runs, or the default runs
-    (``--models``, ``--runs-dir``, and their training overrides). ``config``: the defaults."""
-    from lintrans.experiment import positive_int
-
-    p.add_argument("--checkpoint", action="append", metavar="RUN_DIR", default=[],
-                   help="a run of experiments/train_icl.py (repeatable, one per model); default: train/reuse small default runs")
-    p.add_argument("--models", default=",".join(config.models), help="default runs to use without --checkpoint: linear,softmax")
-    p.add_argument("--runs-dir", default=config.runs_dir, help="where default runs are trained and reused (default runs/)")
-    p.add_argument("--linear-steps", type=positive_int,
-                   help=f"training steps of the default linear run (default {DEFAULT_RUNS['linear']['steps']})")
-    p.add_argument("--softmax-steps", type=positive_int,
-                   help=f"training steps of the default softmax run (default {DEFAULT_RUNS['softmax']['steps']})")
-    p.add_argument("--train-seeds", type=positive_int, help="seeds of the default runs (default 4 linear, 3 softmax)")
-    p.add_argument("--layers", type=positive_int, help="layers of the default runs (default 4)")
-    p.add_argument("--softmax-width", type=positive_int, help="width of the default softmax run (default 32; MLP 4x)")
 
 
 def parse_models(text: str) -> tuple[str, ...]:
     """``--models`` (``"linear,softmax"``) as a tuple; ``ValueError`` naming the flag otherwise."""
-    models = tuple(s.strip() for s in text.split(",") if s.strip())
-    if not models or any(m not in MODEL_GROUPS for m in models):
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names or any(m not in MODEL_GROUPS for m in names):
         raise ValueError(f"--models must list some of {tuple(MODEL_GROUPS)}, got {text!r}")
-    return models
+    return names

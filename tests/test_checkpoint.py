@@ -22,6 +22,14 @@ TINY = dict(d_in=3, n_demos=6, n_layers=2, batch_size=8, steps=30, warmup_steps=
 SOFTMAX = dict(model="softmax", d_in=3, n_demos=6, n_layers=2, width=8, n_heads=2, mlp_width=16, dtype="float64")
 
 
+def _at_step(state, step):
+    """``state`` moved to ``step``, its optimizer step counts with it (a consistent checkpoint)."""
+    def count(path, x):
+        return np.full_like(np.asarray(x), step) if jax.tree_util.keystr(path).endswith("count") else x
+
+    return state._replace(opt_state=jax.tree_util.tree_map_with_path(count, state.opt_state), step=step)
+
+
 def _leaves_equal(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(la) == len(lb)
@@ -36,7 +44,7 @@ def test_round_trip_is_bitwise_and_atomic(tmp_path, kind):
     state = init_state(cfg)
     run = tmp_path / "run"
     assert checkpoint.prepare_run_dir(run, cfg, resume=False) is None
-    state = TrainState(jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, state.params), state.opt_state, 7)
+    state = _at_step(TrainState(jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, state.params), state.opt_state, 0), 7)
     checkpoint.save_checkpoint(run, cfg, state)
     assert sorted(p.name for p in run.iterdir()) == ["ckpt_00000007.npz", "config.json"], "no temporary files left"
     assert checkpoint.list_checkpoints(run) == [7]
@@ -70,7 +78,7 @@ def test_corrupt_truncated_and_wrong_model_checkpoints_are_refused(tmp_path):
     cfg = TrainConfig(**TINY)
     run = tmp_path / "run"
     checkpoint.prepare_run_dir(run, cfg, resume=False)
-    path = checkpoint.save_checkpoint(run, cfg, init_state(cfg)._replace(step=10))
+    path = checkpoint.save_checkpoint(run, cfg, _at_step(init_state(cfg), 10))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="ckpt_00000010.npz"):
