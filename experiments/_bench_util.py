@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from lintrans.numerics import mm
 
-__all__ = ["Timing", "time_jitted", "per_second", "matmul_gflops"]
+__all__ = ["Timing", "time_jitted", "per_second", "matmul_gflops", "sized"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,13 @@ class Timing:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def sized(sizes, config, **fields):
+    """``sizes`` (a section's frozen size preset) with the harness's size flags applied:
+    ``fields`` maps a size-preset field to the ``config`` flag that overrides it (``None``: keep)."""
+    updates = {f: getattr(config, flag, None) for f, flag in fields.items()}
+    return dataclasses.replace(sizes, **{f: v for f, v in updates.items() if v is not None})
 
 
 def _cache_size(fn) -> int | None:

@@ -31,14 +31,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from _bench_util import per_second, time_jitted
+from _bench_util import per_second, sized, time_jitted
 from lintrans.attention import predict, predict_tokens
 from lintrans.numerics import mm, rel_err
 from lintrans.params import LinearAttentionParams, init_params
 from lintrans.tasks import random_prompts
 from lintrans.trajectory import trajectory
 
-__all__ = ["CoreSizes", "FULL", "SMALL", "naive_layer", "naive_states", "naive_predict", "run"]
+__all__ = ["CoreSizes", "FULL", "SMALL", "SIZE_FLAGS", "sizes_for", "memory", "naive_layer", "naive_states",
+           "naive_predict", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,23 @@ MAX_SECONDS = 30.0
 
 FULL = CoreSizes()
 SMALL = CoreSizes(d_in=4, n_demos=(8,), n_layers=2, batch=32, naive_chunk=16)  # CI smoke: compile-bound
+#: The harness's size flags this section obeys (``--d-in``, ``--n-prompts``).
+SIZE_FLAGS = ("d_in", "n_prompts")
+
+
+def sizes_for(config) -> CoreSizes:
+    """The preset (``--small`` or full) with ``--d-in`` and ``--n-prompts`` applied."""
+    return sized(SMALL if config.small else FULL, config, d_in="d_in", batch="n_prompts")
+
+
+def memory(config) -> list[tuple[int, str, float]]:
+    """The largest arrays (elements, what, how many at once), checked by the harness before the run."""
+    s = sizes_for(config)
+    D, N, B = s.d_in + 1, max(s.n_demos), s.batch
+    return [(B * D * (N + 1), f"{B} prompts of D×(N+1) = {D}×{N + 1}", 4),
+            (B * (s.n_layers + 1) * D * (N + 1), "trajectory states B·(L+1)·D·(N+1)", 2),
+            (min(s.naive_chunk, B) * (N + 1) ** 2, "naive attention scores chunk·(N+1)²", 3),
+            (s.n_layers * D * D, "weights L·D²", 3)]
 
 
 def _init_scale(n_demos: int) -> float:
@@ -130,7 +148,7 @@ def _functions(chunk: int) -> dict[str, Any]:
 def run(config, progress) -> dict[str, Any]:
     """The ``core`` section. ``config``: the harness Config (``small``, ``repeats``, ``seed``);
     ``progress``: a :class:`lintrans.experiment.Progress` (``update(0, info)`` per step)."""
-    sizes = SMALL if config.small else FULL
+    sizes = sizes_for(config)
     dtype = jnp.float32
     D, L, B = sizes.d_in + 1, sizes.n_layers, sizes.batch
     rows, agreement = [], []

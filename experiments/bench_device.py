@@ -38,6 +38,14 @@ MIN_REPEATS = 10
 SMALL = {"batches": (64, 256, 1024), "sweep_prompts": 256, "sweep_layers": 4, "check_prompts": 64}
 
 
+def memory(config) -> list[tuple[int, str, float]]:
+    """The largest arrays (elements, what, how many at once), checked by the harness before the run."""
+    sizes = SMALL if config.small else FULL
+    b = max(sizes["batches"])
+    return [(b * 21 * 41, f"a training batch of {b} prompts of 21×41", 4),
+            (sizes["sweep_prompts"] * (sizes["sweep_layers"] + 1) * 21 * 41, "trajectory sweep states", 2)]
+
+
 def _train_rows(sizes, config, mesh, progress) -> list[dict]:
     rows = []
     for batch in sizes["batches"]:

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from _bench_util import Timing, per_second, time_jitted
+from _bench_util import Timing, per_second, sized, time_jitted
 from bench_core import naive_predict
 from lintrans.numerics import rel_err
 from lintrans.train import (
@@ -53,7 +53,8 @@ from lintrans.train import (
     seed_keys,
 )
 
-__all__ = ["TrainingSizes", "FULL", "SMALL", "naive_loss", "naive_train_step", "run"]
+__all__ = ["TrainingSizes", "FULL", "SMALL", "SIZE_FLAGS", "sizes_for", "memory", "naive_loss", "naive_train_step",
+           "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,26 @@ FULL = TrainingSizes()
 # CI smoke: compile-bound, so only the two steps the targets compare; no targets at toy sizes.
 SMALL = TrainingSizes(d_in=3, n_demos=(6,), n_layers=2, batch=8, sampling_n_demos=(6,), targets=(None,),
                       impls=("library", "library_wishart", "naive"))
+#: The harness's size flags this section obeys (``--d-in``, ``--batch``).
+SIZE_FLAGS = ("d_in", "batch")
+
+
+def sizes_for(config) -> TrainingSizes:
+    """The preset (``--small`` or full) with ``--d-in`` and ``--batch`` applied."""
+    return sized(SMALL if config.small else FULL, config, d_in="d_in", batch="batch")
+
+
+def memory(config) -> list[tuple[int, str, float]]:
+    """The largest arrays (elements, what, how many at once), checked by the harness before the run."""
+    s = sizes_for(config)
+    D, B = s.d_in + 1, s.batch
+    N = max(*s.n_demos, *s.sampling_n_demos)
+    n_naive = max(s.n_demos)
+    return [(B * D * (N + 1), f"a batch of {B} prompts of D×(N+1) = {D}×{N + 1}", 4),
+            (B * (n_naive + 1) ** 2, "naive step's attention scores B·(N+1)²", 3 * s.n_layers),
+            (s.n_layers * D * D, "weights L·D²", 8)]
+
+
 MAX_SECONDS = 20.0  # per measurement, over all rounds (at least 3 repeats per round)
 ROUNDS = 3  # round-robin passes over the implementations (see _interleaved)
 MIN_REPEATS = 10  # timed calls per round at least: the steps take milliseconds
@@ -151,7 +172,7 @@ def _interleaved(calls: dict, rounds: int, repeats: int, progress) -> dict[str, 
 
 def run(config, progress) -> dict[str, Any]:
     """The ``training`` section. ``config``: the harness Config (``small``, ``repeats``, ``seed``)."""
-    sizes = SMALL if config.small else FULL
+    sizes = sizes_for(config)
     rows, agreement, speedups = [], [], []
     calls, configs = {}, {}
     for N in sizes.n_demos:

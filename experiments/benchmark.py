@@ -1,27 +1,30 @@
 """Speed of the library on this machine, in sections; writes ``results/benchmark.json``.
 
-``python experiments/benchmark.py`` runs every section; ``--only core,training`` selects;
-``--small`` runs tiny sizes (the CI smoke test: under 2 minutes on CPU for all sections together).
-Before the sections, the harness measures the reference rate: the GFLOP/s of a large float32
-matrix product at full precision (``_bench_util.matmul_gflops``), stored under
-``reference_matmul``.
+``python experiments/benchmark.py`` runs every section but the opt-in ``device``; ``--only
+core,training`` selects; ``--small`` (or ``--quick``) runs tiny sizes (the CI smoke test: under 2
+minutes on a CPU for all sections together); ``--device-check`` runs the ``device`` section alone
+into ``results/device_check.json``; ``--list`` prints the sections. ``--d-in``, ``--n-prompts`` and
+``--batch`` resize the sections that declare them; every size is checked against int32 indexing and
+the machine's memory before anything is compiled. Before the sections, the reference rate: the
+GFLOP/s of a large float32 matrix product at full precision (``_bench_util.matmul_gflops``).
 
 Adding a section ``NAME``:
 
 1. Write ``experiments/bench_NAME.py`` with ``run(config, progress) -> dict``. ``config`` is this
-   script's :class:`Config` (read ``config.small``, ``config.repeats``, ``config.seed``; keep
-   your own sizes in your module, a full and a ``small`` preset); ``progress`` is a
-   :class:`lintrans.experiment.Progress` (call ``progress.update(0, info="NAME: step")`` to show
-   where you are; the harness counts sections). Time every jitted call with
-   ``_bench_util.time_jitted`` (``import _bench_util``) so the numbers mean the same in every
-   section. Return a JSON-ready dict; put the table in ``"rows"`` (a list of flat dicts) and the
-   keys to print in ``"columns"`` (default: every key of the first row).
-2. Add ``"NAME": _load("bench_NAME").run`` to :data:`SECTIONS`.
+   script's :class:`Config` (read ``config.small``, ``config.repeats``, ``config.seed``; keep your
+   sizes in your module, a full and a ``small`` preset); ``progress`` is a
+   :class:`lintrans.progress.Progress` (``progress.update(0, info="NAME: step")``). Time every
+   jitted call with ``_bench_util.time_jitted`` (``import _bench_util``). Return a JSON-ready dict:
+   the table in ``"rows"`` (flat dicts) and the keys to print in ``"columns"``; ``"agreement"``
+   (rows), ``"checks"`` (a flat dict) and ``"notes"`` (text) are printed too.
+   Optional: ``SIZE_FLAGS`` (the size flags the section obeys, e.g. ``("d_in", "batch")``) and
+   ``memory(config) -> [(n_elements, what, copies), …]`` (its largest arrays, checked before the run).
+2. Add ``"NAME"`` to :data:`SECTION_NAMES`.
 3. Extend ``tests/test_benchmark_smoke.py`` if the section has its own invariants (the smoke test
    already runs every registered section with ``--small``).
 
-Scripts import only ``lintrans``; the section modules are loaded by file path (:func:`_load`) and
-registered in ``sys.modules``, so nothing is added to ``sys.path``.
+The section modules are loaded by file path (:func:`_load`) and registered in ``sys.modules``, so
+nothing is added to ``sys.path``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from types import ModuleType
 
 import jax
 
-from lintrans.experiment import REPO_ROOT, ArgParser, Progress, cli, save_results
+from lintrans import cli
+from lintrans.cli import option
 
 NAME = "benchmark"
 _HERE = Path(__file__).resolve().parent
@@ -58,48 +62,81 @@ def _load(module: str) -> ModuleType:
 
 bench_util = _load("_bench_util")
 
-#: Registered sections, in run order: name → ``run(config, progress) -> dict``.
-SECTIONS = {
-    "core": _load("bench_core").run,
-    "bound": _load("bench_bound").run,
-    "training": _load("bench_training").run,
-    "device": _load("bench_device").run,
-}
-
-#: Sections left out of a plain run (select them with ``--only`` or ``--device-check``): the device
-#: check trains at batch 65,536, which is for an accelerator.
+#: Registered sections, in run order (module ``experiments/bench_<name>.py`` each).
+SECTION_NAMES = ("core", "bound", "training", "shift", "device")
+MODULES = {name: _load(f"bench_{name}") for name in SECTION_NAMES}
+#: name → ``run(config, progress) -> dict``.
+SECTIONS = {name: mod.run for name, mod in MODULES.items()}
+#: Left out of a plain run (select with ``--only`` or ``--device-check``): the device check trains at
+#: batch 65,536, which is for an accelerator.
 OPT_IN = ("device",)
+SIZE_FIELDS = ("d_in", "n_prompts", "batch")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in SECTIONS]
+    if not names or unknown:
+        raise ValueError(f"unknown section(s) {unknown or [text]}; known: {', '.join(SECTIONS)}")
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    only: tuple[str, ...] = ()  # sections to run, in registry order; () means all
-    small: bool = False  # tiny sizes (CI smoke test); the full sizes are each section's defaults
-    repeats: int = 5  # timed calls per measurement; the median is reported
-    seed: int = 0  # PRNG seed of weights and prompts (speed does not depend on it)
-    matmul_n: int | None = None  # reference matmul size; None → 4096 (512 with small)
+    """Prompts and training steps per second of the library against a naive attention-matrix reference."""
+
+    only: tuple[str, ...] = option((), f"sections to run, comma-separated, of {','.join(SECTION_NAMES)} "
+                                   "(default: all but device)", parse=_sections)
+    small: bool = option(False, "tiny sizes (the CI smoke test)")
+    repeats: int = option(5, "timed calls per measurement; the median is reported", low=1, high=10_000)
+    seed: int = option(0, "PRNG seed of weights and prompts (speed does not depend on it)", low=0)
+    matmul_n: int | None = option(None, "reference matmul size n, n×n float32 (none: 4096; 512 with --small)", low=1)
+    d_in: int | None = option(None, "input dimension d of the sections that take it (core, training; none: theirs)",
+                              low=1)
+    n_prompts: int | None = option(None, "prompts per call of the core section (none: 4096; 32 with --small)", low=1)
+    batch: int | None = option(None, "training batch of the training section (none: 256; 8 with --small)", low=1)
+    device_check: bool = option(False, "only the device section (devices, training at batch 256/4096/65536, "
+                                "trajectory sweep, Theorem 1 errors in float32 and float64) into "
+                                "results/device_check.json; under 3 min on one GPU, 2 min on a CPU with --small")
 
     def sections(self) -> tuple[str, ...]:
+        if self.device_check:
+            return ("device",)
         if not self.only:
             return tuple(s for s in SECTIONS if s not in OPT_IN)
         return tuple(s for s in SECTIONS if s in self.only)
 
+    def check(self, given: frozenset[str] = frozenset()) -> None:
+        """Cross-field checks and the size checks, before anything is compiled."""
+        if self.only:
+            _sections(",".join(self.only))
+        if self.device_check and self.only:
+            raise ValueError("--device-check runs the 'device' section alone; drop --only")
+        chosen = self.sections()
+        for f in SIZE_FIELDS:
+            users = [s for s in chosen if f in getattr(MODULES[s], "SIZE_FLAGS", ())]
+            if getattr(self, f) is not None and not users:
+                takers = [s for s in SECTIONS if f in getattr(MODULES[s], "SIZE_FLAGS", ())]
+                raise ValueError(f"--{f.replace('_', '-')} sizes the {'/'.join(takers)} section(s), "
+                                 f"none of which runs here ({','.join(chosen)})")
+        n = self.matmul_n or (512 if self.small else 4096)
+        cli.check_size(n * n, f"--matmul-n {n}: the n×n reference matrices", copies=3)
+        for s in chosen:
+            for n_elements, what, copies in getattr(MODULES[s], "memory", lambda c: [])(self):
+                cli.check_size(n_elements, f"{s}: {what}", copies=copies)
 
-def _check(config: Config) -> None:
-    unknown = [s for s in config.only if s not in SECTIONS]
-    if unknown:
-        raise ValueError(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
-    if isinstance(config.repeats, bool) or not isinstance(config.repeats, int) or config.repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {config.repeats!r}")
-    if config.matmul_n is not None and (not isinstance(config.matmul_n, int) or config.matmul_n < 1):
-        raise ValueError(f"matmul_n must be a positive integer, got {config.matmul_n!r}")
+
+#: --quick: the --small sizes with two timed calls per measurement.
+QUICK = dict(small=True, repeats=2)
 
 
-def run(config: Config, quiet: bool = True) -> dict:
-    """Measure the reference matmul rate, then each selected section."""
-    _check(config)
+def run(config: Config, *, quiet: bool = False) -> dict:
+    """Measure the reference matmul rate, then each selected section; print the report."""
+    config.check()
     sections = config.sections()
-    progress = Progress(len(sections) + 1, NAME, quiet=quiet)
+    if "device" in sections:  # its float64 identity errors need x64; float32 work stays float32
+        jax.config.update("jax_enable_x64", True)
+    progress = cli.Progress(len(sections) + 1, NAME, quiet=quiet, unit="sections")
     n = config.matmul_n or (512 if config.small else 4096)
     progress.update(0, info=f"reference matmul {n}×{n}")
     results = {"reference_matmul": bench_util.matmul_gflops(n, repeats=config.repeats, seed=config.seed)}
@@ -111,6 +148,7 @@ def run(config: Config, quiet: bool = True) -> dict:
         out["section_wall_s"] = time.perf_counter() - start
         results["sections"][name] = out
         progress.update(1, info=f"{name} done")
+    print(report(results))
     return results
 
 
@@ -121,11 +159,13 @@ def _cell(value) -> str:
         return str(value)
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e5 else f"{value:.3e}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value)
     return str(value)
 
 
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """Rows of flat dicts as an aligned text table (columns: given, or the first row's keys)."""
+    """Rows of flat dicts as an aligned text table (columns: given, or the first row's scalar keys)."""
     if not rows:
         return "(no rows)"
     columns = columns or [k for k, v in rows[0].items() if not isinstance(v, (dict, list))]
@@ -137,73 +177,43 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _flat(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k} = {_cell(v)}")
+    return out
+
+
 def report(results: dict) -> str:
+    """The reference rate, then per section its table, agreement table, checks and notes (no raw dicts)."""
     ref = results["reference_matmul"]
-    out = [
-        f"reference: {ref['n']}×{ref['n']} {ref['dtype']} matmul (precision {ref['precision']}): "
-        f"{ref['gflop_per_s']:.1f} GFLOP/s (median of {ref['timing']['repeats']})"
-    ]
+    out = [f"reference: {ref['n']}×{ref['n']} {ref['dtype']} matmul (precision {ref['precision']}): "
+           f"{ref['gflop_per_s']:.1f} GFLOP/s (median of {ref['timing']['repeats']})"]
     for name, sec in results["sections"].items():
         out.append(f"\n[{name}] ({sec['section_wall_s']:.1f} s)")
         out.append(format_table(sec.get("rows", []), sec.get("columns")))
-        for key in ("agreement", "notes"):
-            if sec.get(key):
-                out.append(f"{key}: {sec[key]}")
+        agreement = sec.get("agreement")
+        if isinstance(agreement, list) and agreement:
+            out += ["agreement of the implementations:", format_table(agreement)]
+        for key in ("checks", "identity_error", "agreement"):
+            if isinstance(sec.get(key), dict):
+                out.append(f"{key}: " + "; ".join(_flat(sec[key])))
+        if sec.get("notes"):
+            out.append(f"notes: {sec['notes']}")
     return "\n".join(out)
 
 
-def _sections_arg(text: str) -> tuple[str, ...]:
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    if not names:
-        raise ValueError("--only needs a comma-separated list of sections")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = ArgParser(
-        prog="python experiments/benchmark.py",
-        description="Prompts per second of the library against a naive attention-matrix reference, "
-        "and the reference matmul GFLOP/s. Sections: " + ", ".join(SECTIONS) + ".",
-    )
-    p.add_argument("--only", metavar="A,B", help="comma-separated sections to run (default: all)")
-    p.add_argument("--small", action="store_true", help="tiny sizes (CI smoke test)")
-    p.add_argument("--repeats", type=int, default=Config.repeats, help="timed calls per measurement (median reported)")
-    p.add_argument("--seed", type=int, default=Config.seed)
-    p.add_argument("--matmul-n", type=int, default=None, help="reference matmul size (default 4096; 512 with --small)")
-    p.add_argument("--json", metavar="PATH", help="results file (default results/benchmark.json)")
-    p.add_argument("--device-check", action="store_true",
-                   help="run only the 'device' section (devices, training throughput at batch 256/4096/65536, "
-                   "trajectory sweep, Theorem 1 error in float32 and float64) and write results/device_check.json; "
-                   "under 3 min on one GPU, under 2 min on a CPU with --small")
-    p.add_argument("--list", action="store_true", help="list the sections and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = p.parse_args(argv)
-    if args.list:
-        print("\n".join(SECTIONS))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--list"]:
+        print("\n".join(f"{s}{' (opt-in)' if s in OPT_IN else ''}" for s in SECTIONS))
         return 0
-    if args.device_check and args.only is not None:
-        raise ValueError("--device-check runs the 'device' section alone; drop --only")
-    if args.device_check:
-        # The float64 identity errors of the device section need x64; float32 work stays float32.
-        jax.config.update("jax_enable_x64", True)
-    config = Config(
-        only=("device",) if args.device_check else (_sections_arg(args.only) if args.only is not None else ()),
-        small=args.small,
-        repeats=args.repeats,
-        seed=args.seed,
-        matmul_n=args.matmul_n,
-    )
-    _check(config)
-    default_name = "device_check" if args.device_check else NAME
-    json_path = Path(args.json) if args.json else REPO_ROOT / "results" / f"{default_name}.json"
-    if json_path.is_dir():
-        raise ValueError(f"--json {json_path} is a directory")
-    results = run(config, quiet=args.quiet)
-    path = save_results(NAME, config, results, seed=config.seed, json_path=json_path)
-    print(report(results))
-    print(f"\nresults: {path}")
-    return 0
+    name = "device_check" if "--device-check" in argv else NAME
+    return cli.main(Config, run, None, argv, name=name, doc=__doc__, presets={"quick": QUICK})
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli.command(main)

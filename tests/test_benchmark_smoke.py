@@ -93,8 +93,56 @@ def test_time_jitted_contract(bench):
     assert t.repeats == 3 and len(t.times_s) == 3
 
 
-@pytest.mark.parametrize("argv,match", [(["--only", "nope"], "unknown section"), (["--repeats", "0"], "repeats")])
-def test_bad_flags(bench, argv, match, tmp_path):
-    with pytest.raises(ValueError, match=match):
-        bench.main([*argv, "--json", str(tmp_path / "x.json")])
+def _refused(bench, argv, capsys) -> str:
+    """``main(argv)`` refuses: a ValueError, or the CLI's one ``error: …`` line and exit 2."""
+    try:
+        bench.main(argv)
+    except ValueError as e:
+        return str(e)
+    except SystemExit as e:
+        assert e.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+        return err
+    pytest.fail(f"accepted: {argv}")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--only", "nope"], "unknown section"),
+    (["--repeats", "0"], "repeats"),
+    # sizes beyond int32 indexing or memory: refused before anything is compiled, estimate named
+    (["--batch", "1000000000"], "int32 indexing limit"),
+    (["--n-prompts", "2e8"], "int32 indexing limit"),
+    (["--matmul-n", "1e6"], "int32 indexing limit"),
+    (["--d-in", "100000"], "int32 indexing limit"),
+    (["--seed", "99999999999999999999"], "--seed"),
+    (["--batch", "8", "--only", "core"], "sizes the training section"),
+    (["--device-check", "--only", "core"], "drop --only"),
+])
+def test_bad_flags(bench, argv, match, tmp_path, capsys):
+    assert match in _refused(bench, [*argv, "--json", str(tmp_path / "x.json")], capsys)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_size_beyond_memory_refused_naming_estimate_and_limit(bench, tmp_path, capsys, monkeypatch):
+    import lintrans.cli
+
+    monkeypatch.setattr(lintrans.cli, "available_memory", lambda: 2**30)  # a machine with 1 GiB free
+    err = _refused(bench, ["--only", "core", "--json", str(tmp_path / "x.json")], capsys)
+    assert "trajectory states" in err and "GiB" in err and "1 GiB of memory available" in err, err
+
+
+def test_output_locations_checked_before_work(bench, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert "not a directory" in _refused(bench, ["--small", "--json", str(tmp_path / "file" / "b.json")], capsys)
+    assert "is a directory" in _refused(bench, ["--small", "--json", str(tmp_path)], capsys)
+
+
+def test_report_prints_tables_not_dicts(bench):
+    ref = {"n": 4, "dtype": "float32", "precision": "HIGHEST", "gflop_per_s": 1.0, "timing": {"repeats": 2}}
+    sec = {"section_wall_s": 1.0, "rows": [{"N": 8, "impl": "predict", "timing": {"x": 1}, "median_s": 0.5}],
+           "agreement": [{"N": 8, "rel_err": 1e-7, "finite": True}], "checks": {"rank": [1, 2], "n": {"a": 3}},
+           "notes": "fine"}
+    text = bench.report({"reference_matmul": ref, "sections": {"core": sec}})
+    assert "{" not in text and "[" not in text.replace("[core]", ""), text
+    assert "rel_err" in text and "rank = 1,2" in text and "n.a = 3" in text
