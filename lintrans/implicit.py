@@ -64,6 +64,9 @@ __all__ = [
     "ProbeReport",
     "probe",
     "probe_batch",
+    "probe_sweep",
+    "QUANTITIES",
+    "prompt_means",
 ]
 
 
@@ -198,6 +201,7 @@ class ProbeReport(NamedTuple):
     """Every probe of one prompt, per layer read-out ``t = 1..L`` (batched: a leading ``B`` axis).
 
     Attributes:
+      y_hat: ``(L,)`` the read-out after layer ``t`` at the actual query (the last is ``ŷ``).
       affinity: ``(L,)`` affinity residual of the read-out after layer ``t``.
       w_eff: ``(L, d)`` ``∇_{x_q}`` of the read-out after layer ``t``.
       cos_gd, dist_gd: ``(L,)`` against GD step ``t`` (``reference_weights``' ``gd[t-1]``).
@@ -205,6 +209,7 @@ class ProbeReport(NamedTuple):
       t1, g_form: ``(L,)`` from :func:`theorem1_probe`.
     """
 
+    y_hat: jax.Array
     affinity: jax.Array
     w_eff: jax.Array
     cos_gd: jax.Array
@@ -229,25 +234,25 @@ def probe(readouts: Callable, states: Callable, delta_ws: Callable | None, param
     cos_r, dist_r = alignment(w_eff, refs["ridge"][None])
     cos_ls, dist_ls = alignment(w_eff, refs["least_squares"][None])
     t1 = theorem1_probe(states, params, H, delta_ws)
-    return ProbeReport(aff, w_eff, cos_gd, dist_gd, cos_r, dist_r, cos_ls, dist_ls, t1.t1, t1.g_form)
+    return ProbeReport(readouts(params, H), aff, w_eff, cos_gd, dist_gd, cos_r, dist_r, cos_ls, dist_ls, t1.t1, t1.g_form)
 
 
-@partial(jax.jit, static_argnames=("readouts", "states", "delta_ws", "n_points"))
-def _probe_batch(readouts, states, delta_ws, params, H, key, eta, lam, n_points, radius):
+def _probe_prompts(readouts, states, delta_ws, params, H, key, eta, lam, n_points, radius):
     keys = jax.random.split(key, H.shape[0])
     return jax.vmap(lambda h, k: probe(readouts, states, delta_ws, params, h, k, eta=eta, lam=lam,
                                        n_points=n_points, radius=radius))(H, keys)
 
 
-def probe_batch(readouts: Callable, states: Callable, delta_ws: Callable | None, params, H: jax.Array,
-                key: jax.Array, *, eta: float, lam: float, n_points: int = 32, radius: float = 1.0) -> ProbeReport:
-    """:func:`probe` on every prompt of ``H (B, D, N+1)``, jitted and vmapped; prompt ``b`` perturbs
-    its query with key ``split(key, B)[b]``. The model functions must be hashable (static
-    arguments: e.g. ``functools.partial`` of module functions with hashable arguments).
+_STATIC = ("readouts", "states", "delta_ws", "n_points")
+_probe_batch = jax.jit(_probe_prompts, static_argnames=_STATIC)
 
-    ``ValueError``/``TypeError`` naming the argument for a bad batch, non-callable models,
-    ``n_points ≤ d + 1``, ``radius ≤ 0``, ``eta ≤ 0`` or ``lam ≤ 0``.
-    """
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _probe_sweep(readouts, states, delta_ws, params, H, key, eta, lam, n_points, radius):
+    return jax.vmap(lambda p: _probe_prompts(readouts, states, delta_ws, p, H, key, eta, lam, n_points, radius))(params)
+
+
+def _check_probe_args(readouts, states, delta_ws, H, n_points, radius, eta, lam) -> None:
     for name, fn in (("readouts", readouts), ("states", states)):
         _check_callable(name, fn)
     if delta_ws is not None:
@@ -262,5 +267,41 @@ def probe_batch(readouts: Callable, states: Callable, delta_ws: Callable | None,
     for name, v in (("radius", radius), ("eta", eta), ("lam", lam)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and v < float("inf")):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+
+
+def probe_batch(readouts: Callable, states: Callable, delta_ws: Callable | None, params, H: jax.Array,
+                key: jax.Array, *, eta: float, lam: float, n_points: int = 32, radius: float = 1.0) -> ProbeReport:
+    """:func:`probe` on every prompt of ``H (B, D, N+1)``, jitted and vmapped; prompt ``b`` perturbs
+    its query with key ``split(key, B)[b]``. The model functions must be hashable (static
+    arguments: e.g. :func:`lintrans.variants.model_fns`, which compile once per variant).
+
+    ``ValueError``/``TypeError`` naming the argument for a bad batch, non-callable models,
+    ``n_points ≤ d + 1``, ``radius ≤ 0``, ``eta ≤ 0`` or ``lam ≤ 0``.
+    """
+    _check_probe_args(readouts, states, delta_ws, H, n_points, radius, eta, lam)
     return _probe_batch(readouts, states, delta_ws, params, H, key, jnp.asarray(eta, H.dtype),
                         jnp.asarray(lam, H.dtype), n_points, jnp.asarray(radius, H.dtype))
+
+
+def probe_sweep(readouts: Callable, states: Callable, delta_ws: Callable | None, params, H: jax.Array,
+                key: jax.Array, *, eta: float, lam: float, n_points: int = 32, radius: float = 1.0) -> ProbeReport:
+    """:func:`probe_batch` for a stack of parameter sets (a leading axis ``P`` on every leaf: seeds,
+    checkpoints, clipped copies), all on the same prompts and perturbations (paired comparisons).
+    One compiled program; every field gets a leading ``(P, B)``."""
+    _check_probe_args(readouts, states, delta_ws, H, n_points, radius, eta, lam)
+    return _probe_sweep(readouts, states, delta_ws, params, H, key, jnp.asarray(eta, H.dtype),
+                        jnp.asarray(lam, H.dtype), n_points, jnp.asarray(radius, H.dtype))
+
+
+#: The per-layer quantities :func:`prompt_means` reports, each a mean over prompts.
+QUANTITIES = ("affinity", "t1", "g_form", "cos_gd", "dist_gd", "cos_ridge", "dist_ridge", "cos_ls", "dist_ls", "error")
+
+
+def prompt_means(report: ProbeReport, y_query: jax.Array) -> dict[str, jax.Array]:
+    """Means over the prompt axis of a :func:`probe_sweep` report: ``{name: (P, L)}`` for
+    :data:`QUANTITIES`; ``error`` is the ICL error ``(ŷ_t − y_q)² / d`` of the read-out after layer
+    ``t`` (SPEC §5), ``y_query (B,)`` the prompts' true labels. Non-finite values stay non-finite."""
+    d = report.w_eff.shape[-1]
+    out = {q: jnp.mean(getattr(report, q), axis=1) for q in QUANTITIES if q != "error"}
+    out["error"] = jnp.mean((report.y_hat - y_query[None, :, None]) ** 2, axis=1) / d
+    return out

@@ -1,0 +1,64 @@
+"""Smoke run of experiments/beyond_linear.py at tiny size (issue 16), and its bad inputs."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "experiments" / "beyond_linear.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("beyond_linear", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["beyond_linear"] = mod  # dataclasses resolve their module by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_quick_smoke_run(tmp_path, capsys):
+    """--quick at an even smaller size: trains two models, probes them, writes the results, the npz and
+    three figures; linear attention's affinity and T1 residuals are at float64 rounding level (≤ 1e-12,
+    float64 probes of float32 weights); a second run reuses the training runs."""
+    mod = _module()
+    args = ["--quick", "--models", "linear,softmax_attn", "--steps", "20", "--checkpoint-every", "10", "--n-probe", "4",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
+            "--figures-dir", str(tmp_path / "fig"), "--quiet"]
+    assert mod.main(args) == 0
+    out = capsys.readouterr().out
+    names = ["beyond_linear_layers", "beyond_linear_training", "beyond_linear_clipping"]
+    for n in names:
+        assert (tmp_path / "fig" / f"{n}_quick.png").is_file()
+        assert f"{n}_quick.png" in out
+    doc = json.loads((tmp_path / "res" / "beyond_linear_quick.json").read_text())
+    res = doc["results"]
+    assert res["steps"] == [0, 10, 20] and res["models"] == ["linear", "softmax_attn"]
+    lin = res["per_model"]["linear"]["training"]
+    assert max(max(row) for row in lin["affinity"]["mean"]) <= 1e-12
+    assert max(max(row) for row in lin["t1"]["mean"]) <= 1e-12
+    assert (tmp_path / "res" / "beyond_linear_quick.npz").is_file()
+    assert set(res["per_model"]["softmax_attn"]["verdicts"]) == {"0.5"}
+    # reuse: the runs exist, so nothing is trained again
+    args2 = [a for a in args if a != "--quiet"]
+    assert mod.main(args2) == 0
+    assert "reusing linear" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-points", "4"], "--n-points must exceed"),
+    (["--rates", "0,0.5"], "--rates"),
+    (["--models", "gpt"], "--models"),
+    (["--checkpoint-every", "5000"], "--checkpoint-every"),
+])
+def test_bad_flags(flags, message, tmp_path):
+    """One `error: …` line naming the flag, exit status 2, no traceback, nothing written."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), *flags, "--results-dir", str(tmp_path / "res")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "res" / "beyond_linear.json").exists()
