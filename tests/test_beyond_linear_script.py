@@ -55,10 +55,25 @@ def test_quick_smoke_run(tmp_path, capsys):
     (["--models", "gpt"], "--models"),
     (["--checkpoint-every", "5000"], "--checkpoint-every"),
 ])
-def test_bad_flags(flags, message, tmp_path):
-    """One `error: …` line naming the flag, exit status 2, no traceback, nothing written."""
-    proc = subprocess.run([sys.executable, str(SCRIPT), *flags, "--results-dir", str(tmp_path / "res")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_flags(flags, message, tmp_path, capsys):
+    """Refused before any work, naming the flag (in-process: a ValueError, or argparse's exit 2 with
+    one `error: …` line); nothing written."""
+    mod = _module()
+    with pytest.raises((ValueError, SystemExit)) as info:
+        mod.main([*flags, "--results-dir", str(tmp_path / "res")])
+    if isinstance(info.value, SystemExit):
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+    else:
+        assert message in str(info.value)
     assert not (tmp_path / "res" / "beyond_linear.json").exists()
+
+
+def test_bad_flag_as_a_program(tmp_path):
+    """As a program: exit status 2, one `error: …` line, no traceback."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--n-points", "4", "--results-dir", str(tmp_path / "res")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --n-points must exceed") and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
