@@ -17,6 +17,7 @@ Modules (one concept each; data flows down this list):
 * :mod:`lintrans.search` — Algorithm 1, the clipping-rate search.
 * :mod:`lintrans.trained` — the default small training runs the experiments share; :mod:`lintrans.seedstats` — intervals over seeds.
 * :mod:`lintrans.sharding` — the data-parallel device mesh.
+* :mod:`lintrans.variants` — linear attention with an MLP, LayerNorm, softmax attention (SPEC layout); :mod:`lintrans.implicit` — model-agnostic probes of implicit GD (issue 16).
 * :mod:`lintrans.numerics`, :mod:`lintrans.io` — full-precision products, errors, files.
 """
 
