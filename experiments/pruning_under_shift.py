@@ -72,7 +72,7 @@ class Config:
 
     shift: tuple[str, ...] = option(DEFAULT_SHIFTS, "test shifts, repeatable (--shift noise=1,shots=10 --shift none)",
                                     parse=shift_list, metavar="SHIFT")
-    models: tuple[str, ...] = option(tuple(shift_study.STUDY_MODELS), "study models to train/reuse without --checkpoint",
+    models: tuple[str, ...] = option(shift_study.DEFAULT_MODELS, "study models to train/reuse without --checkpoint (also: softmax)",
                                      choices=tuple(shift_study.STUDY_MODELS))
     checkpoint: tuple[str, ...] = option((), "run directories of train_icl.py instead of the study models, comma-separated",
                                          parse=run_dirs, metavar="RUN[,RUN]")
@@ -83,7 +83,7 @@ class Config:
     layers: tuple[int, ...] = option((), "1-based layers to clip (default: every layer of each model)", low=1)
     n_val: int = option(256, "validation prompts per shift (Algorithm 1 and the label-free choice)", low=2)
     n_test: int = option(1024, "test prompts per shift, shared by every seed and cell", low=2)
-    n_bound: int = option(32, "validation prompts for the Theorem-2 bound (0: no bound)", low=0)
+    n_bound: int = option(16, "validation prompts for the Theorem-2 bound (0: no bound)", low=0)
     chunk: int = option(512, "prompts evaluated at once", low=1)
     seed: int = option(0, "key of the prompts: fold_in(PRNGKey(seed), shift index)", low=0)
 

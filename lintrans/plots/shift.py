@@ -48,16 +48,18 @@ def heatmap(results: dict):
     starts = [j for j, (m, k) in enumerate(cols) if k == 1]
     for j in starts[1:]:
         ax.axvline(j - 0.5, color="w", lw=2)
-    for j0, m in zip(starts, [m["model"] for m in results["models"]]):
-        n = sum(1 for mm, _ in cols if mm == m)
-        ax.text(j0 + (n - 1) / 2, -0.7, m, ha="center", va="bottom", fontsize=8)
+    centers = [j0 + (sum(1 for mm, _ in cols if mm == m["model"]) - 1) / 2
+               for j0, m in zip(starts, results["models"])]
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8)
+    top.tick_params(length=0)
     for i in range(len(shifts)):
         for j in range(len(cols)):
             if np.isfinite(Z[i, j]):
                 ax.text(j, i, f"{Z[i, j]:.0f}" if Z[i, j] >= 1 else f"{Z[i, j]:.1f}", ha="center", va="center",
                         fontsize=7, color="w" if Z[i, j] < 0.6 * np.nanmax(Z) else "k")
-    ax.set_xlabel("layer (per model)")
-    ax.set_title("best significant improvement by clipping one layer (%); blank: none", pad=16)
+    ax.set_xlabel("layer (1-based) of each model")
+    ax.set_title("best significant improvement by clipping one layer (%); blank: none")
     fig.colorbar(im, ax=ax, label="error reduction (%)")
     return fig
 
@@ -68,7 +70,7 @@ def onelayer(results: dict):
         return None
     shifts = [s for s in _shifts(results) if any(c.get("error_theory") is not None for c in results["cells"]
                                                  if c["shift_label"] == s)]
-    fig, axes = plotting.figure(len(models), 2, width=7.2, height=2.6 * len(models) + 0.6, squeeze=False)
+    fig, axes = plotting.figure(len(models), 2, width=7.2, height=2.5 * len(models) + 0.7, squeeze=False)
     colors = {s: f"C{i}" for i, s in enumerate(shifts)}
     for r, m in enumerate(models):
         for col, target in enumerate(("V", "attn")):
@@ -78,22 +80,20 @@ def onelayer(results: dict):
                              and c["target"] == target and "error_theory" in c), key=lambda c: c["xi"])
                 if not cs:
                     continue
-                xi = np.array([c["xi"] for c in cs])
-                meas = np.array([_v(c["error_pruned"]) for c in cs])
-                th = np.array([_v(c["error_pruned_theory"]) for c in cs])
-                # the seeds' interval of the relative change, put on the error scale
-                lo = np.array([_v(c["error"]) * (1 + _v(c["rel_change_ci95"][0])) for c in cs])
-                hi = np.array([_v(c["error"]) * (1 + _v(c["rel_change_ci95"][1])) for c in cs])
-                x = np.arange(len(xi))
-                ax.plot(x, th, "-", color=colors[s], label=s if col == 0 else None)
-                ax.errorbar(x, meas, yerr=[np.maximum(meas - lo, 0), np.maximum(hi - meas, 0)], fmt="o", color=colors[s],
-                            ms=3, capsize=2)
-                ax.set_xticks(x, [f"{v:g}" for v in xi])
-            ax.set_title(f"{m['model']}: clip {target} (line: closed form, dots: measured)", fontsize=9)
-            ax.set_xlabel("clipping rate ξ")
-            ax.set_ylabel("test error")
-            plotting.log_axis(ax, "y")
-    axes[0, 0].legend(fontsize=8, loc="best")
+                x = np.arange(len(cs))
+                meas = np.array([100 * _v(c["rel_change"]) for c in cs])
+                ci = np.array([[100 * _v(v) for v in c["rel_change_ci95"]] for c in cs])
+                th = np.array([100 * _v(c["rel_change_theory"]) for c in cs])
+                ax.plot(x, th, "-", color=colors[s], label=f"{s}: closed form" if col == 0 else None)
+                ax.errorbar(x, meas, yerr=[np.maximum(meas - ci[:, 0], 0), np.maximum(ci[:, 1] - meas, 0)], fmt="o",
+                            color=colors[s], ms=3, capsize=2, label=f"{s}: measured" if col == 0 else None)
+                ax.set_xticks(x, [f"{c['xi']:g}\n(r={c['rank']})" for c in cs], fontsize=7)
+            ax.axhline(0, color="k", lw=0.6)
+            ax.set_title(f"{m['model']}: clip {target} of layer 1", fontsize=9)
+            ax.set_xlabel("clipping rate ξ (kept rank)")
+            ax.set_ylabel("error change (%)")
+    h, lab = axes[0, 0].get_legend_handles_labels()
+    axes[0, 1].legend(h, lab, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
 

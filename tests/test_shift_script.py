@@ -1,0 +1,59 @@
+"""experiments/pruning_under_shift.py: a --quick smoke run, the results schema, and its errors (exit 2, one line)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "pruning_under_shift.py"
+CELL_KEYS = {"model", "shift", "shift_label", "n_demos", "layer", "target", "xi", "rank", "ranks", "full_rank", "rank0",
+             "error", "error_pruned", "rel_change", "rel_change_ci95", "rel_change_se", "significant", "improves",
+             "log_ratio", "log_ratio_ci95", "median", "median_pruned", "frac_improved", "tail_frac", "tail_frac_pruned",
+             "diverged", "diverged_pruned", "n_prompts", "n_seeds", "G_norm", "G_norm_pruned", "dlog_G", "step",
+             "step_pruned"}
+
+
+def _run(*args, timeout=900):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--shift", "temperature=2"], "unknown key 'temperature'"),
+    (["--shift", "noise=-1"], "noise=-1"),
+    (["--shift", "none", "--shift", "noise=1", "--shift", "noise=1"], "repeat"),
+    (["--rates", "0,1.5"], "rates"),
+    (["--targets", "W"], "targets"),
+])
+def test_bad_flags_are_one_error_line_and_exit_2(args, match):
+    r = _run(*args, "--quiet", "--results-dir", "/nonexistent-never-written")
+    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_quick_smoke_run_and_schema(tmp_path):
+    """--quick at the smallest sizes: one tiny 1-layer model, two shifts (one with fewer shots); the cells carry
+    the documented keys, the one-layer theory, the bound; ξ = 0 cells change nothing; figures are written."""
+    r = _run("--quick", "--models", "lin-L1-s1/N", "--shift", "none", "--shift", "shots=N/2", "--n-test", "16",
+             "--n-val", "8", "--n-bound", "2", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path),
+             "--figures-dir", str(tmp_path / "fig"), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "pruning_under_shift_quick.json").read_text())
+    res = doc["results"]
+    cells = res["cells"]
+    assert {c["shift_label"] for c in cells} == {"none", "shots=N/2"}
+    assert {json.dumps(c["shift"]) for c in cells} == {"{}", json.dumps({"shots": 4})}
+    for c in cells:
+        assert CELL_KEYS <= set(c), CELL_KEYS - set(c)
+        assert "error_theory" in c and "dlog_bound" in c
+        assert c["layer"] == 1 and c["n_seeds"] == 4 and c["n_prompts"] == 16
+        if c["xi"] == 0.0:
+            assert c["rel_change"] == 0.0 and c["error_pruned"] == c["error"]
+        assert c["rank0"] == (c["rank"] == 0)
+    ch = res["models"][0]["shifts"]["none"]["choices"]
+    assert {"algorithm1", "label_free", "oracle"} <= set(ch) and ch["oracle"]["rel_change"] <= 0.0
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
+        "shift_choices_quick.png", "shift_heatmap_quick.png", "shift_mechanism_quick.png", "shift_onelayer_quick.png"]
+    assert "wrote:" in r.stdout
