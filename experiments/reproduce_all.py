@@ -60,29 +60,36 @@ class Stage:
 
 
 def train_runs(ctx) -> dict:
+    """The default runs the pruning experiments share (:data:`lintrans.trained.DEFAULT_RUNS`)."""
     q = QUICK_TRAIN if ctx["quick"] else {}
-    return {"linear": default_config("linear", **q), "softmax": default_config("softmax", **q),
-            "bound": default_config("linear", **{**BOUND_RUN, **q})}
+    return {"linear": default_config("linear", **q), "softmax": default_config("softmax", **q)}
+
+
+def bound_runs(ctx) -> dict:
+    """The run behind the ``*_trained`` figures (:data:`BOUND_RUN`)."""
+    return {"bound": default_config("linear", **{**BOUND_RUN, **(QUICK_TRAIN if ctx["quick"] else {})})}
 
 
 def run_dir(ctx, label: str) -> Path:
-    return ctx["runs"] / run_name(train_runs(ctx)[label])
+    return ctx["runs"] / run_name({**train_runs(ctx), **bound_runs(ctx)}[label])
 
 
 def _ckpts(ctx) -> list[str]:
-    return ["--checkpoint", str(run_dir(ctx, "linear")), "--checkpoint", str(run_dir(ctx, "softmax"))]
+    return ["--checkpoint", f"{run_dir(ctx, 'linear')},{run_dir(ctx, 'softmax')}"]
 
 
 STAGES = (
     Stage("verify_theorem1", "verify_theorem1", lambda ctx: []),
     Stage("icl_curves", "icl_curves", lambda ctx: ["--runs-dir", str(ctx["runs"])]),
     Stage("train", runs=train_runs, figures=False),
+    Stage("train_bound", runs=bound_runs, figures=False),
     Stage("bound_vs_layer", "bound_vs_layer", lambda ctx: []),
     Stage("bound_vs_layer_trained", "bound_vs_layer", lambda ctx: ["--checkpoint", str(run_dir(ctx, "bound")),
-                                                                   "--tag", "trained"], depends=("train",)),
+                                                                   "--tag", "trained"], depends=("train_bound",)),
     Stage("pruning_phenomenon", "pruning_phenomenon", _ckpts, depends=("train",)),
     Stage("clip_search", "clip_search", _ckpts, depends=("train",)),
     Stage("pruning_under_shift", "pruning_under_shift", lambda ctx: ["--runs-dir", str(ctx["runs"])]),
+    Stage("beyond_linear", "beyond_linear", lambda ctx: ["--runs-dir", str(ctx["runs"])]),
     Stage("benchmark", "benchmark", lambda ctx: [], figures=False, optional=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintrans import checkpoint
+from lintrans import checkpoint, models
 from lintrans.batched import linear_query_predict
 from lintrans.estimators import mean_ci95, predict_batch
 from lintrans.train import Curriculum, TrainConfig, predict_query
@@ -124,8 +124,12 @@ def _linear_at(tc: TrainConfig, params, H, k):
 
 
 def model_predictions(tc: TrainConfig, params, H: jax.Array, ks: Sequence[int]) -> list[np.ndarray]:
-    """Per ``k``, the ``(S, B)`` query predictions of a run's seeds (``params`` with the seed axis)."""
-    if tc.model == "linear":
+    """Per ``k``, the ``(S, B)`` query predictions of a run's seeds (``params`` with the seed axis).
+
+    A model trained on the query only (registry ``targets == "query"``: the linear stack, trained
+    over ``k``) sees ``k`` real demonstrations and zeros; one trained at every position sees the
+    prompt sliced to ``k`` pairs."""
+    if models.get(tc.model).targets == "query":
         return [np.asarray(_linear_at(tc, params, H, jnp.asarray(k))) for k in ks]
     seeds = [jax.tree_util.tree_map(lambda x, i=i: x[i], params) for i in range(tc.seeds)]
     return [np.stack([np.asarray(predict_query(tc, p, sliced(H, k))) for p in seeds]) for k in ks]

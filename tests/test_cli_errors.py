@@ -70,7 +70,8 @@ DRIVER = textwrap.dedent("""
 
 # (script, argv, text the message must contain, class). Placeholders: {file} a regular file, {dir} an
 # existing directory, {params}/{prompts} valid npz inputs, {f16_params}/{f16_prompts} float16 ones,
-# {unwritable} a directory under /proc. Outputs not under test go to the case's own directory.
+# {unwritable} a directory under /proc, {run} a run directory's config.json (no checkpoints). Outputs not
+# under test go to the case's own directory.
 CASES = [
     # --- verify_theorem1 -----------------------------------------------------------------------
     ("verify_theorem1", ["--json", "{file}/r.json"], "--json", "output"),
@@ -127,7 +128,57 @@ CASES = [
     ("reproduce_all", ["--publish", "--quick"], "not with --quick", "combination"),
     ("reproduce_all", ["--publish", "--figures-dir", "{dir}"], "--figures-dir has no meaning", "combination"),
     ("reproduce_all", ["--only", "nope"], "--only", "message"),
+    # --- bound_vs_layer (converted by another session; cases from its --help) --------------------
+    ("bound_vs_layer", ["--json", "{file}/r.json"], "--json", "output"),
+    ("bound_vs_layer", ["--figures-dir", "{file}"], "--figures-dir", "output"),
+    ("bound_vs_layer", ["--results-dir", "{unwritable}"], "--results-dir", "output"),
+    ("bound_vs_layer", ["--n-prompts", "2000000000"], "int32", "size"),
+    ("bound_vs_layer", ["--seed", "99999999999999999999"], "--seed", "integer"),
+    ("bound_vs_layer", ["--seeds", "0"], "--seeds", "integer"),
+    ("bound_vs_layer", ["--n-layers", "99999999999999999999"], "--n-layers", "integer"),
+    ("bound_vs_layer", ["--n-layers", "0"], "--n-layers", "integer"),
+    ("bound_vs_layer", ["--params", "{params}", "--n-layers", "3"], "--n-layers has no meaning", "combination"),
+    ("bound_vs_layer", ["--step", "3"], "--step has no meaning", "combination"),
+    ("bound_vs_layer", ["--mask", "causal"], "--mask", "combination"),
+    ("bound_vs_layer", ["--mask", "foo"], "--mask", "combination"),
+    ("bound_vs_layer", ["--weight-noise", "-1"], "--weight-noise", "message"),
+    ("bound_vs_layer", ["--weight-noise", "nan"], "--weight-noise", "message"),
+    ("bound_vs_layer", ["--params", "{dir}"], "is a directory", "message"),
+    ("bound_vs_layer", ["--checkpoint", "{file}"], "--checkpoint", "message"),
+    ("bound_vs_layer", ["--tag", "a/b"], "--tag", "message"),
+    # --- pruning_phenomenon, clip_search (converted by another session) ---------------------------
+    ("pruning_phenomenon", ["--json", "{file}/r.json"], "--json", "output"),
+    ("pruning_phenomenon", ["--figures-dir", "{file}"], "--figures-dir", "output"),
+    ("pruning_phenomenon", ["--runs-dir", "{file}"], "--runs-dir", "output"),
+    ("pruning_phenomenon", ["--n-test", "2000000000"], "--n-test", "size"),
+    ("pruning_phenomenon", ["--seed", "99999999999999999999"], "--seed", "integer"),
+    ("pruning_phenomenon", ["--layers", "0"], "--layers", "integer"),
+    ("pruning_phenomenon", ["--train-seeds", "99999999999999999999"], "--train-seeds", "integer"),
+    ("pruning_phenomenon", ["--checkpoint", "{run}", "--linear-steps", "5"], "--linear-steps", "combination"),
+    ("pruning_phenomenon", ["--checkpoint", "{dir}"], "--checkpoint", "message"),
+    ("pruning_phenomenon", ["--rates", "1.5"], "--rates", "message"),
+    ("pruning_phenomenon", ["--models", "foo"], "--models", "message"),
+    ("clip_search", ["--json", "{dir}"], "--json", "output"),
+    ("clip_search", ["--results-dir", "{unwritable}"], "--results-dir", "output"),
+    ("clip_search", ["--runs-dir", "{file}/x"], "--runs-dir", "output"),
+    ("clip_search", ["--n-test", "2000000000"], "--n-test", "size"),
+    ("clip_search", ["--n-val", "1000000000"], "--n-val", "size"),
+    ("clip_search", ["--seed", "99999999999999999999"], "--seed", "integer"),
+    ("clip_search", ["--top-k", "0"], "--top-k", "integer"),
+    ("clip_search", ["--checkpoint", "{run}", "--train-seeds", "3"], "--train-seeds", "combination"),
+    ("clip_search", ["--group", "foo"], "--group", "message"),
+    ("clip_search", ["--rates", "nan"], "--rates", "message"),
 ]
+
+# Found open when this module was written (other sessions' scripts): strict xfails, so a fix shows up.
+OPEN = [
+    # float16 weights are accepted and the sweep runs (stopped by the case's 20 s alarm)
+    ("bound_vs_layer", ["--params", "{f16_params}"], "float16", "message", 20),
+]
+
+
+#: Scripts that train into --runs-dir: a case that got that far must not touch the repository's runs/.
+RUNS_DIR_SCRIPTS = ("icl_curves", "pruning_phenomenon", "clip_search", "pruning_under_shift", "beyond_linear")
 
 
 def _memory_case():
@@ -156,7 +207,13 @@ def _inputs(d: Path) -> dict:
     save_npz(d / "f16_prompts.npz", {"H": H.astype(np.float16)})
     (d / "plain.txt").write_text("a regular file\n")
     (d / "adir").mkdir()
-    return {"file": str(d / "plain.txt"), "dir": str(d / "adir"), "params": str(d / "params.npz"),
+    from lintrans.io import save_json
+    from lintrans.train import config_to_dict
+    from lintrans.trained import default_config
+
+    (d / "run").mkdir()  # a run directory's config.json (no checkpoints): enough for flag checks at parse time
+    save_json(d / "run" / "config.json", config_to_dict(default_config("linear", steps=10, seeds=2)))
+    return {"run": str(d / "run"), "file": str(d / "plain.txt"), "dir": str(d / "adir"), "params": str(d / "params.npz"),
             "prompts": str(d / "prompts.npz"), "f16_params": str(d / "f16_params.npz"),
             "f16_prompts": str(d / "f16_prompts.npz"), "unwritable": "/proc/lintrans-nowhere"}
 
@@ -172,7 +229,7 @@ def _argv(script: str, argv: list[str], fill: dict, work: Path) -> list[str]:
         for flag, value in (("--results-dir", work / "results"), ("--figures-dir", work / "figures")):
             if flag not in argv and not (flag == "--figures-dir" and "--publish" in argv):
                 own += [flag, str(value)]
-    if script == "icl_curves" and "--runs-dir" not in argv:
+    if script in RUNS_DIR_SCRIPTS and "--runs-dir" not in argv:
         own += ["--runs-dir", str(work / "runs")]
     if script == "reproduce_all":
         own += ["--dry-run"] + ([] if "--runs-dir" in argv else ["--runs-dir", str(work / "runs")])
@@ -208,11 +265,12 @@ def _drive(cases, inputs, tmp: Path) -> list[dict]:
     d, fill = inputs
     before = _listing(d)
     spec = []
-    for i, (script, argv, _, _) in enumerate(cases):
+    for i, (script, argv, *rest) in enumerate(cases):
         work = tmp / f"case{i}"
         work.mkdir()
         spec.append({"script": str(EXP / f"{script}.py"), "argv": _argv(script, argv, fill, work), "cwd": str(work),
-                     "stdout": str(tmp / f"{i}.out"), "stderr": str(tmp / f"{i}.err")})
+                     "stdout": str(tmp / f"{i}.out"), "stderr": str(tmp / f"{i}.err"),
+                     "timeout": rest[2] if len(rest) > 2 else 120})
     (tmp / "cases.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(tmp / "cases.json"), str(tmp / "codes.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -238,12 +296,12 @@ def driven(inputs, tmp_path_factory):
 def test_every_bad_input_is_refused_cleanly(driven):
     cases, results = driven
     bad = {}
-    for (script, argv, match, kind), r in zip(cases, results):
+    for (script, argv, match, kind, *_), r in zip(cases, results):
         problems = _check(r, match)
         if problems:
             bad[f"{kind}: {script} {' '.join(argv)}"] = problems
     by_class = {}
-    for _, _, _, kind in cases:
+    for _, _, _, kind, *_ in cases:
         by_class[kind] = by_class.get(kind, 0) + 1
     print(f"\n{len(cases)} bad inputs tried ({by_class}); {len(cases) - len(bad)} refused cleanly")
     assert not bad, json.dumps(bad, indent=1, ensure_ascii=False)
@@ -254,9 +312,17 @@ def test_every_class_and_cli_is_covered():
     kinds = {}
     for script, _, _, kind in CASES:
         kinds.setdefault(script, set()).add(kind)
-    for script in ("verify_theorem1", "icl_curves"):
+    for script in ("verify_theorem1", "icl_curves", "bound_vs_layer", "pruning_phenomenon", "clip_search"):
         assert kinds[script] >= {"output", "size", "integer", "combination", "message"}, script
     assert kinds["reproduce_all"] >= {"output", "combination"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", OPEN, ids=lambda c: f"{c[0]} {' '.join(c[1])}")
+@pytest.mark.xfail(strict=True, reason="open in another session's script when this test was written")
+def test_open_cases(case, inputs, tmp_path):
+    r = _drive([case], inputs, tmp_path)[0]
+    assert not _check(r, case[2])
 
 
 REPRESENTATIVE = [
@@ -280,7 +346,8 @@ def test_representative_cases_as_plain_subprocesses(case, inputs, tmp_path):
 def test_fork_driver_matches_subprocess(inputs, tmp_path):
     """A forked case prints and exits exactly as the same command run as ``python experiments/…``."""
     case = REPRESENTATIVE[0]
-    forked = _drive([case], inputs, tmp_path / "fork" if (tmp_path / "fork").mkdir() is None else None)[0]
+    (tmp_path / "fork").mkdir()
+    forked = _drive([case], inputs, tmp_path / "fork")[0]
     d, fill = inputs
     work = tmp_path / "plain"
     work.mkdir()

@@ -70,12 +70,14 @@ def test_publish_redraws_reused_stages_into_figures(ra, tmp_path):
 
 
 def test_training_runs_are_keyed_by_their_config(ra, tmp_path):
-    config = ra.Config(only=("train",), runs_dir=str(tmp_path / "runs"))
-    steps = ra.plan(config, tmp_path / "results", tmp_path / "figs")[0]["steps"]
+    config = ra.Config(only=("train", "train_bound"), runs_dir=str(tmp_path / "runs"))
+    stages = ra.plan(config, tmp_path / "results", tmp_path / "figs")
+    steps = [st for s in stages for st in s["steps"]]
     assert [s["run"] for s in steps] == ["linear", "softmax", "bound"]
     assert all(not s["current"] and s["why"] == "not trained" for s in steps)
-    quick = ra.plan(ra.Config(only=("train",), runs_dir=str(tmp_path / "runs"), stage_preset="quick"),
-                    tmp_path / "results", tmp_path / "figs")[0]["steps"]
+    quick = [st for s in ra.plan(ra.Config(only=("train", "train_bound"), runs_dir=str(tmp_path / "runs"),
+                                           stage_preset="quick"), tmp_path / "results", tmp_path / "figs")
+             for st in s["steps"]]
     out = lambda ss: {s["argv"][s["argv"].index("--out") + 1] for s in ss}  # noqa: E731
     assert out(quick).isdisjoint(out(steps)), "quick runs live in their own folders"
 

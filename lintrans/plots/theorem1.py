@@ -57,7 +57,7 @@ def identity_figure(results: dict):
     blocks = [("main", results["main"])]
     if results.get("overflow") is not None:
         blocks.append(("overflow", results["overflow"]))
-    fig, axes = plotting.figure(1, len(blocks), width=3.9 * len(blocks), height=3.9, squeeze=False, sharey=True)
+    fig, axes = plotting.figure(1, len(blocks), width=3.6 * len(blocks), height=3.9, squeeze=False, sharey=True)
     handles: dict = {}
     for ax, (name, block) in zip(axes[0], blocks):
         _panel(ax, name, block, handles)
@@ -65,6 +65,6 @@ def identity_figure(results: dict):
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 5),
                frameon=False)
     c = results["config"]
-    fig.suptitle(f"Theorem 1, T1–T4: d_in={c['d_in']}, N={c['n_demos']}, B={c['batch']}, mask={c['mask']}, "
-                 f"s={c['scale']} (exact zeros at the bottom edge)")
+    fig.suptitle(f"Theorem 1, T1–T4: d_in={c['d_in']}, N={c['n_demos']}, B={c['batch']}, mask {c['mask']}, "
+                 f"s={c['scale']}; exact zeros at the bottom edge", fontsize=10)
     return fig
