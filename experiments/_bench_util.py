@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from lintrans.numerics import mm
 
-__all__ = ["Timing", "time_jitted", "per_second", "matmul_gflops", "sized"]
+__all__ = ["Timing", "time_jitted", "per_second", "matmul_gflops", "sized", "format_table", "report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,3 +148,60 @@ def matmul_gflops(n: int = 4096, dtype=jnp.float32, repeats: int = 5, seed: int 
         "gflop_per_s": flops / timing.median_s / 1e9,
         "timing": timing.as_dict(),
     }
+
+
+# ----------------------------------------------------------------------------- the printed report
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e5 else f"{value:.3e}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value)
+    return str(value)
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows of flat dicts as an aligned text table (columns: given, or the first row's scalar keys)."""
+    if not rows:
+        return "(no rows)"
+    columns = columns or [k for k, v in rows[0].items() if not isinstance(v, (dict, list))]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _flat(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k} = {_cell(v)}")
+    return out
+
+
+def report(results: dict) -> str:
+    """The reference rate, then per section its table, agreement table, checks and notes (no raw dicts)."""
+    ref = results["reference_matmul"]
+    out = [f"reference: {ref['n']}×{ref['n']} {ref['dtype']} matmul (precision {ref['precision']}): "
+           f"{ref['gflop_per_s']:.1f} GFLOP/s (median of {ref['timing']['repeats']})"]
+    for name, sec in results["sections"].items():
+        out.append(f"\n[{name}] ({sec['section_wall_s']:.1f} s)")
+        out.append(format_table(sec.get("rows", []), sec.get("columns")))
+        agreement = sec.get("agreement")
+        if isinstance(agreement, list) and agreement:
+            out += ["agreement of the implementations:", format_table(agreement)]
+        for key in ("checks", "identity_error", "agreement"):
+            if isinstance(sec.get(key), dict):
+                out.append(f"{key}: " + "; ".join(_flat(sec[key])))
+        if sec.get("notes"):
+            out.append(f"notes: {sec['notes']}")
+    return "\n".join(out)

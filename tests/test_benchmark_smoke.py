@@ -143,6 +143,6 @@ def test_report_prints_tables_not_dicts(bench):
     sec = {"section_wall_s": 1.0, "rows": [{"N": 8, "impl": "predict", "timing": {"x": 1}, "median_s": 0.5}],
            "agreement": [{"N": 8, "rel_err": 1e-7, "finite": True}], "checks": {"rank": [1, 2], "n": {"a": 3}},
            "notes": "fine"}
-    text = bench.report({"reference_matmul": ref, "sections": {"core": sec}})
+    text = bench.bench_util.report({"reference_matmul": ref, "sections": {"core": sec}})
     assert "{" not in text and "[" not in text.replace("[core]", ""), text
     assert "rel_err" in text and "rank = 1,2" in text and "n.a = 3" in text
