@@ -108,6 +108,24 @@ def test_corrupt_truncated_and_wrong_model_checkpoints_are_refused(tmp_path):
         checkpoint.load_run(run)
 
 
+def test_adam_step_count_must_equal_the_checkpoint_step(tmp_path):
+    """A checkpoint whose optimizer step count disagrees with its step is refused, naming both (issue 12, item 8)."""
+    cfg = TrainConfig(**TINY)
+    run = tmp_path / "run"
+    checkpoint.prepare_run_dir(run, cfg, resume=False)
+    path = checkpoint.save_checkpoint(run, cfg, _at_step(init_state(cfg), 10))
+    assert checkpoint.load_state(run, cfg, 10).step == 10
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    counts = [k for k in arrays if k.startswith("opt_state/") and k.endswith("/count")]
+    assert counts, "Adam's state has step counts"
+    arrays[counts[0]] = arrays[counts[0]] + 3
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=rf"ckpt_00000010.npz: optimizer step count '{counts[0]}' is \[13\], "
+                                         r"but the checkpoint is at step 10"):
+        checkpoint.load_state(run, cfg, 10)
+
+
 def test_existing_run_needs_resume_and_the_same_config(tmp_path):
     cfg = TrainConfig(**TINY)
     run = tmp_path / "run"

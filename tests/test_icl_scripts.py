@@ -61,7 +61,7 @@ def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys
     assert train_icl.main([*LINEAR_ARGS, "--out", str(out)]) == 0
     doc = json.loads((out / "final.json").read_text())
     res = doc["results"]
-    assert doc["provenance"]["git_revision"] and doc["config"]["train"]["n_layers"] == 1
+    assert doc["provenance"]["git_revision"] and doc["config"]["layers"] == 1 and res["train_config"]["n_layers"] == 1
     assert [s["seed"] for s in res["model"]["seeds"]] == [0, 1] and res["steps"] == 30
     assert set(res["estimators"]) == {"zero", "least_squares", "ridge", "averaging", "knn3", "gd_1step_opt", "gd_Lstep"}
     assert res["estimators"]["least_squares"]["n"] == 4096
@@ -71,7 +71,8 @@ def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys
     assert eff["eta_optimal"] == pytest.approx(0.1) and len(eff["seeds"]) == 2
     assert all(np.isfinite(s["eta_eff"]) for s in eff["seeds"])
     assert [m["step"] for m in res["metrics"]] == [5, 10, 15, 20, 25, 30]
-    assert (out / "final.png").stat().st_size > 0 and "effective step size" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (out / "final.png").stat().st_size > 0 and "effective step size" in printed and "final.png" in printed
     # A finished run resumes without training; --plot-only re-plots from final.json.
     assert train_icl.main([*LINEAR_ARGS, "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "final.json").read_text())["results"]["resumed_from"] == 30
@@ -168,13 +169,19 @@ def test_bench_naive_training_loss_equals_library_float64():
 
 
 @pytest.mark.parametrize("script, argv, message", [
-    ("train_icl", ["--out", "x", "--layers", "0"], "n_layers"),
-    ("train_icl", ["--out", "x", "--test-prompts", "100"], "test_prompts"),
+    ("train_icl", ["--out", "x", "--layers", "0"], "--layers must be ≥ 1"),
+    ("train_icl", ["--out", "x", "--test-prompts", "100"], "--test-prompts must be ≥ 4096"),
+    ("train_icl", ["--out", "x", "--final-lr-frac", "5"], "--final-lr-frac must be ≤ 1"),
+    ("train_icl", ["--out", "x", "--model", "linear", "--width", "8"], "--width has no meaning for the linear model"),
 ])
-def test_bad_values_raise_value_error(script, argv, message, tmp_path):
+def test_bad_values_exit_2_naming_the_flag(script, argv, message, tmp_path, capsys):
     mod = _load(script)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit) as info:
         mod.main([*argv[:1], str(tmp_path / "x"), *argv[2:]])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists(), "nothing written"
+    with pytest.raises(ValueError, match="--out must not be empty"):
+        mod.main(["--out", ""])
 
 
 def test_icl_curves_bad_value_exits_2(icl_curves, capsys):

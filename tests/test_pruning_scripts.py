@@ -162,13 +162,14 @@ def test_reproduce_all_plan_and_skip(tmp_path, capsys):
     assert order == sorted(order) and "benchmark.py" not in out
     assert str(tmp_path / "r" / "clip_search.json") in out and str(tmp_path / "f") in out
 
+    from lintrans import cli
     from lintrans.trained import default_config, run_name
 
     train_icl = load_script("train_icl")
     for model in ("linear", "softmax"):
         tc = default_config(model)
         argv = mod.train_icl_args(tc, tmp_path / "u" / run_name(tc))
-        assert train_icl.config_from_args(train_icl.build_parser().parse_args(argv)).train == tc, model
+        assert cli.parse_config(train_icl.Config, argv)[0].train_config() == tc, model
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "verify_theorem1.json").write_text("{}")
