@@ -10,7 +10,9 @@ Modules (one concept each; data flows down this list):
 * :mod:`lintrans.constructions` — the gradient-descent construction.
 * :mod:`lintrans.estimators` — least squares, ridge, GD and the other baselines (SPEC §5).
 * :mod:`lintrans.transformer` — the GPT-2-style softmax transformer on Garg's interleaved tokens.
-* :mod:`lintrans.train`, :mod:`lintrans.checkpoint` — the training loop; atomic checkpoints.
+* :mod:`lintrans.models` — every trainable model by name (registry: init, loss, predictions, files).
+* :mod:`lintrans.train_config`, :mod:`lintrans.train_state`, :mod:`lintrans.train`, :mod:`lintrans.checkpoint` — the
+  training configuration, state and optimizer, the loop; atomic checkpoints (:mod:`lintrans.lock`: one writer per run).
 * :mod:`lintrans.pruning` — SVD truncation of one matrix by clipping rate, condition numbers.
 * :mod:`lintrans.truncation` — truncation of a parameter pytree by layer, target and rate.
 * :mod:`lintrans.bound`, :mod:`lintrans.bound_sweep` — Theorem 2: contributions, C_t, the bound forms.
