@@ -86,8 +86,12 @@ class Config:
     n_bound: int = option(16, "validation prompts for the Theorem-2 bound (0: no bound)", low=0)
     chunk: int = option(512, "prompts evaluated at once", low=1)
     seed: int = option(0, "key of the prompts: fold_in(PRNGKey(seed), shift index)", low=0)
+    merge: tuple[str, ...] = option((), "combine saved results files of parallel runs (disjoint --models) instead of "
+                                    "computing, comma-separated", kind="input_file", metavar="JSON[,JSON]")
 
     def check(self, given: frozenset[str]) -> None:
+        if self.merge and given - {"merge", "seed"}:
+            raise ValueError("--merge combines saved results; it takes no other experiment flag than --seed")
         if self.checkpoint and given & {"models", "size", "runs_dir"}:
             raise ValueError("--models/--size/--runs-dir choose the study models; they have no meaning with --checkpoint")
         if self.n_bound > self.n_val:
@@ -101,6 +105,12 @@ QUICK = dict(models=("lin-L1-s1/N", "lin-L4-s1/N"), size="tiny", shift=("none", 
 def run(config: Config, *, quiet: bool = False) -> dict:
     config.check(frozenset())
     jax.config.update("jax_enable_x64", True)  # divergent prompts overflow float32; the bound needs float64
+    k_corr = jax.random.fold_in(jax.random.PRNGKey(config.seed), 17)
+    if config.merge:
+        results = shift_study.merge_results([cli.load_results(p)["results"] for p in config.merge], k_corr)
+        if not quiet:
+            print("\n".join(results["statements"]))
+        return results
     t0 = time.perf_counter()
     shifts = parse_shifts(config.shift)
     if config.checkpoint:
@@ -117,10 +127,7 @@ def run(config: Config, *, quiet: bool = False) -> dict:
                                    layers=config.layers, n_val=config.n_val, n_test=config.n_test, n_bound=config.n_bound,
                                    chunk=config.chunk, progress=progress) for name, m in models]
     cells = [c for m in out for c in m["cells"]]
-    k_corr = jax.random.fold_in(jax.random.PRNGKey(config.seed), 17)
-    lin = [c for c in cells if "dlog_G" in c]
-    corr = {name: shift_study.correlations(jax.random.fold_in(k_corr, i), lin, x) for i, (name, x) in
-            enumerate((("G", "dlog_G"), ("bound", "dlog_bound")))}
+    corr = shift_study.correlation_table(k_corr, cells)
     sweep_s = sum(e["seconds"]["sweep"] for m in out for e in m["shifts"].values())
     results = {"models": [{k: v for k, v in m.items() if k != "cells"} for m in out], "cells": cells,
                "correlations": corr, "statements": shift_study.headline(out) + shift_study.summary_lines(out, corr),

@@ -640,3 +640,41 @@ def summary_lines(models: list[dict], corr: dict) -> list[str]:
                 lines.append(f"{m['model']} / {label}: test change of the chosen clip (attn; * = interval excludes 0): "
                              + "; ".join(parts))
     return lines
+
+
+def _restore(obj):
+    """Saved results → numbers again: the strings "nan", "inf", "-inf" of lintrans.io.to_jsonable become floats."""
+    if isinstance(obj, dict):
+        return {k: _restore(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore(v) for v in obj]
+    if isinstance(obj, str) and obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    return obj
+
+
+def correlation_table(key, cells: list[dict]) -> dict:
+    """Δerror against Δlog‖G‖ and Δlog bound over the linear cells (:func:`correlations`), keys split."""
+    lin = [c for c in cells if "dlog_G" in c]
+    return {name: correlations(jax.random.fold_in(key, i), lin, x)
+            for i, (name, x) in enumerate((("G", "dlog_G"), ("bound", "dlog_bound")))}
+
+
+def merge_results(parts: list[dict], key) -> dict:
+    """Results of several runs (e.g. disjoint model sets run in parallel) as one: models and cells
+    concatenated (a model in two parts is refused), correlations and statements recomputed."""
+    parts = [_restore(p) for p in parts]
+    models = [m for p in parts for m in p["models"]]
+    names = [m["model"] for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the results to merge share models: {sorted({n for n in names if names.count(n) > 1})}")
+    cells = [c for p in parts for c in p["cells"]]
+    corr = correlation_table(key, cells)
+    full = [dict(m, cells=[c for c in cells if c["model"] == m["model"]]) for m in models]
+    t = [p["timing"] for p in parts]
+    sweep_s = sum(x["sweep_seconds"] for x in t)
+    timing = {"parts": t, "sweep_seconds": sweep_s, "n_cells": len(cells),
+              "cells_per_second": len(cells) / sweep_s if sweep_s > 0 else None,
+              "note": "parts run in parallel on a shared, loaded machine"}
+    return {"models": models, "cells": cells, "correlations": corr,
+            "statements": headline(full) + summary_lines(full, corr), "timing": timing}

@@ -93,3 +93,14 @@ def test_plan_refuses_unknown_targets_and_layers():
         ss.plan_sweep(p0, ("mlp",), RATES)
     with pytest.raises(ValueError, match="layer 3 out of range"):
         ss.plan_sweep(p0, ("V",), RATES, layers=(3,))
+
+
+def test_merge_results_concatenates_disjoint_models_and_refuses_overlap():
+    part = lambda name, n: {"models": [{"model": name, "shifts": {}}], "timing": {"sweep_seconds": 2.0},  # noqa: E731
+                            "cells": [{"model": name, "shift_label": "none", "rel_change": "nan"}] * n}
+    merged = ss.merge_results([part("a", 2), part("b", 3)], jax.random.PRNGKey(0))
+    assert [m["model"] for m in merged["models"]] == ["a", "b"] and len(merged["cells"]) == 5
+    assert np.isnan(merged["cells"][0]["rel_change"])  # saved "nan" strings are numbers again
+    assert merged["timing"]["cells_per_second"] == 5 / 4.0
+    with pytest.raises(ValueError, match="share models.*'a'"):
+        ss.merge_results([part("a", 1), part("a", 1)], jax.random.PRNGKey(0))
