@@ -56,7 +56,7 @@ and both forms as stated are ``+∞`` (``*_raw``, reported as ``inf`` with the r
 
 Ranks. ``C_t = Fᵀ F`` with an explicit factor ``F`` (``k × d``: the centred ``∇ℓ_i`` here, the
 token-moment factor in :mod:`lintrans.bound_factored`); its eigenvalues are the squared singular
-values of ``F`` (``svd``: absolute accuracy ``≈ ε_mach·σ_max`` in ``σ``, i.e. eigenvalues resolved down
+values of ``F`` (QR, then ``svd`` of the square factor: absolute accuracy ``≈ ε_mach·σ_max`` in ``σ``, i.e. eigenvalues resolved down
 to ``≈ ε_mach²·λ_max``, where ``eigh`` of ``C_t`` stops at ``ε_mach·λ_max``). ``rank C_t`` = the number
 of ``σ_j > σ_ref·max(k, d)·ε_mach`` (:func:`rank_tolerance`: the rule of ``numpy.linalg.matrix_rank``,
 ``σ_ref = σ_max`` on the factored path; on the direct path ``σ_ref`` bounds ``‖F‖`` from the
@@ -219,7 +219,16 @@ def spectrum_from_factor(F: jax.Array, sigma_ref=None) -> tuple[jax.Array, jax.A
     squared singular values of ``F``; ``rank`` with :func:`rank_tolerance` at ``max(σ_max, sigma_ref)``;
     ``Vh`` ``(k, d)`` the right singular vectors in the same (ascending) order.
     """
-    _, sv, Vh = jnp.linalg.svd(F, full_matrices=False)
+    # QR first, then the SVD of the small square R: the same backward stability (Householder QR), and
+    # XLA's CPU SVD of a 210 × 441 matrix is ≈ 5× slower than QR + SVD of 210 × 210 (measured).
+    n, d = F.shape
+    if n >= d:
+        Q, R = jnp.linalg.qr(F)  # F = Q R, R (d, d): F's right singular vectors are R's
+        _, sv, Vh = jnp.linalg.svd(R)
+    else:
+        Q, R = jnp.linalg.qr(F.T)  # Fᵀ = Q R, R (n, n): F = Rᵀ Qᵀ, right singular vectors (Q U)ᵀ
+        U, sv, _ = jnp.linalg.svd(R)
+        Vh = mm(Q, U).T
     ref = sv[0] if sigma_ref is None else jnp.maximum(sv[0], sigma_ref)
     rank = jnp.sum(sv > rank_tolerance(ref, F.shape, F.dtype))
     return (sv * sv)[::-1], rank, Vh[::-1]
