@@ -64,3 +64,25 @@ def test_lock_is_reentrant_in_one_process_and_released_on_exit(tmp_path):
     probe = subprocess.run([sys.executable, "-c", HOLDER, str(run)], input="", capture_output=True, text=True,
                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert probe.returncode == 0 and probe.stdout.strip() == "locked", "released when the with-block ends"
+
+
+@pytest.mark.slow
+def test_train_icl_on_a_run_in_use_exits_2_with_one_error_line(tmp_path):
+    """Two writers on one --out (issue 12, item 6): the second train_icl prints one error line naming
+    the holder, exits 2, and writes nothing."""
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    child = _hold(run)
+    try:
+        script = Path(__file__).resolve().parent.parent / "experiments" / "train_icl.py"
+        proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(run), "--resume", "--quiet"],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    finally:
+        child.kill()
+        child.wait()
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"in use by process {child.pid}" in lines[0], lines
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in run.iterdir()) == [LOCK_FILE]
