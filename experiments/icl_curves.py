@@ -43,7 +43,7 @@ class Config:
     d_in: int = option(5, "input dimension d; N = 2d, curves over k = 1..2d (Garg et al.: 20)", low=1, high=512)
     depths: tuple[int, ...] = option((1, 2, 4), "linear-attention depths L, comma-separated", low=1, high=4096)
     linear_steps: int = option(3000, "training steps of each linear run", low=1)
-    linear_lr: float = option(1e-2, "Adam peak learning rate of the linear runs (warm-up 5 %, cosine decay)", low=0.0)
+    linear_lr: float = option(1e-2, "Adam peak learning rate of the linear runs (warm-up over 1/20 of the steps, cosine decay)", low=0.0)
     linear_batch: int = option(128, "prompts per step of the linear runs", low=1)
     linear_scale: str = option("1", "attention scale s of the linear runs (with 1/N, k = 1 prompts blew up at L = 4)",
                                choices=("1", "1/N"))

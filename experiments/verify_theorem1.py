@@ -98,7 +98,11 @@ def _inputs(config: Config):
     key_params, key_prompts = jax.random.split(jax.random.PRNGKey(config.seed))
     params = verify.load_params_file(config.params, config.d_out) if config.params else None
     H = verify.load_prompts_file(config.prompts, config.d_out) if config.prompts else None
-    dims = {f: x for f, x in ((config.params, params and params.dim), (config.prompts, H is not None and H.shape[1])) if f}
+    dims = {}  # file → the D it fixes
+    if params is not None:
+        dims[config.params] = params.dim
+    if H is not None:
+        dims[config.prompts] = H.shape[1]
     if len(set(dims.values())) > 1:
         raise ValueError("D mismatch: " + ", ".join(f"{f} has D = {D}" for f, D in dims.items()))
     if config.d_in is not None:
@@ -109,7 +113,8 @@ def _inputs(config: Config):
     d_in = next(iter(dims.values())) - config.d_out if dims else (config.d_in or D_IN)
     layers = tuple(sorted(set(config.layers or verify.default_depths(params.n_layers if params else None))))
     if params is not None and max(layers) > params.n_layers:
-        raise ValueError(f"--layers asks for depth {max(layers)} but {config.params} holds {params.n_layers} layers")
+        raise ValueError(f"--layers (or --quick) asks for depth {max(layers)} but {config.params} holds "
+                         f"{params.n_layers} layers")
     n_demos = H.shape[2] - 1 if H is not None else (config.n_demos or N_DEMOS)
     batch = H.shape[0] if H is not None else (config.batch or BATCH)
     D, L = d_in + config.d_out, max(layers)
