@@ -85,12 +85,12 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *x: jnp.concatenate(x, axis=0), *trees)
 
 
-def _intervals(values: np.ndarray, floor: float = 1e-17) -> dict:
-    """``values (K, S, L)`` → t interval over the seed axis, per (K, L); for non-negative quantities
-    also the interval of ``log10 max(v, floor)`` (residuals span decades: the log axes show these)."""
+def _intervals(values: np.ndarray, log: bool, floor: float = 1e-17) -> dict:
+    """``values (K, S, L)`` → t interval over the seed axis, per (K, L); with ``log`` (residuals,
+    distances, errors: ≥ 0 and spanning decades) also the interval of ``log10 max(v, floor)``."""
     iv = stats.interval(values, axis=1)
     out = {"mean": iv.mean, "low": iv.low, "high": iv.high}
-    if np.all(values >= 0):
+    if log:
         lg = stats.interval(np.log10(np.maximum(values, floor)), axis=1)
         out.update(log10_mean=lg.mean, log10_low=lg.low, log10_high=lg.high)
     return out
@@ -114,8 +114,8 @@ def _probe_model(config: Config, model: str, run_dir: Path, H, y_q, eta: float, 
         raise ValueError(f"{model}: non-finite probe values in {bad} (a diverged seed?); see {run_dir}")
     C = len(steps)
     out = {"run_dir": str(run_dir), "steps": steps, "ranks": ranks,
-           "training": {q: _intervals(a[:C]) for q, a in means.items()},
-           "clip": {q: _intervals(a[C:]) for q, a in means.items()}, "verdicts": {}, "error_verdicts": {}}
+           "training": {q: _intervals(a[:C], not q.startswith("cos")) for q, a in means.items()},
+           "clip": {q: _intervals(a[C:], not q.startswith("cos")) for q, a in means.items()}, "verdicts": {}, "error_verdicts": {}}
     for j, xi in enumerate(config.rates):  # paired change of the last layer's distance to GD, per seed
         change = means["dist_gd"][C + j, :, -1] - means["dist_gd"][C - 1, :, -1]
         out["verdicts"][f"{xi:g}"] = stats.verdict(stats.interval(change), what="the change of ‖w_eff − w_GD‖/‖w_GD‖",
