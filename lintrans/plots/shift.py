@@ -51,7 +51,7 @@ def heatmap(results: dict):
     centers = [j0 + (sum(1 for mm, _ in cols if mm == m["model"]) - 1) / 2
                for j0, m in zip(starts, results["models"])]
     top = ax.secondary_xaxis("top")
-    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8)
+    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8, rotation=20, ha="left")
     top.tick_params(length=0)
     for i in range(len(shifts)):
         for j in range(len(cols)):
@@ -87,7 +87,7 @@ def onelayer(results: dict):
                 ax.plot(x, th, "-", color=colors[s], label=f"{s}: closed form" if col == 0 else None)
                 ax.errorbar(x, meas, yerr=[np.maximum(meas - ci[:, 0], 0), np.maximum(ci[:, 1] - meas, 0)], fmt="o",
                             color=colors[s], ms=3, capsize=2, label=f"{s}: measured" if col == 0 else None)
-                ax.set_xticks(x, [f"{c['xi']:g}\n(r={c['rank']})" for c in cs], fontsize=7)
+                ax.set_xticks(x, [f"{c['xi']:g} (r={c['rank']})" for c in cs], fontsize=7, rotation=45, ha="right")
             ax.axhline(0, color="k", lw=0.6)
             ax.set_title(f"{m['model']}: clip {target} of layer 1", fontsize=9)
             ax.set_xlabel("clipping rate ξ (kept rank)")
