@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from lintrans.io import atomic_write_bytes, load_json, provenance, save_json, save_npz
+from lintrans.limits import available_memory  # re-exported: one estimate of the memory a run may use
+from lintrans.limits import check_size as check_size_bytes
 from lintrans.progress import Progress  # re-exported: scripts take it from here
 
 __all__ = [
@@ -414,35 +416,15 @@ def check_output_dir(path, flag: str) -> Path:
     return path
 
 
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (``MemAvailable``; total memory elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**63 - 1
-
-
 def check_size(n_elements: int, what: str, *, itemsize: int = 4, copies: float = 1.0) -> None:
     """Refuse an array of ``n_elements`` that XLA cannot index (int32) or the machine cannot hold.
 
     ``copies``: how many arrays of that size the computation holds at once (an estimate the caller
-    states). ``ValueError`` names the estimate and the limit.
+    states); together they may take at most 80 % of :func:`available_memory`. ``ValueError`` names
+    the estimate and the limit (:func:`lintrans.limits.check_size`).
     """
-    n = int(n_elements)
-    if n > INT_MAX:
-        raise ValueError(f"{what}: {n:.3g} elements exceed XLA's int32 indexing limit ({INT_MAX})")
-    need = n * itemsize * copies
-    have = available_memory()
-    if need > 0.8 * have:
-        raise ValueError(f"{what}: needs about {need / 2**30:.3g} GiB, more than 80 % of the "
-                         f"{have / 2**30:.3g} GiB of memory available")
+    limit = int(0.8 * available_memory() / max(float(copies), 1e-12))
+    check_size_bytes(n_elements, what, itemsize=itemsize, limit=limit)
 
 
 # ----------------------------------------------------------------------------------------------
