@@ -147,7 +147,7 @@ def _functions(chunk: int) -> dict[str, Any]:
 
 def run(config, progress) -> dict[str, Any]:
     """The ``core`` section. ``config``: the harness Config (``small``, ``repeats``, ``seed``);
-    ``progress``: a :class:`lintrans.experiment.Progress` (``update(0, info)`` per step)."""
+    ``progress``: a :class:`lintrans.progress.Progress` (``update(0, info)`` per step)."""
     sizes = sizes_for(config)
     dtype = jnp.float32
     D, L, B = sizes.d_in + 1, sizes.n_layers, sizes.batch

@@ -1,7 +1,7 @@
 """A progress line on stderr for long loops (training steps, sweeps): :class:`Progress`.
 
 Its own module so that the library (:mod:`lintrans.train`) and the scripts' harness
-(:mod:`lintrans.cli`, :mod:`lintrans.experiment`) share it without the library importing the harness.
+(:mod:`lintrans.cli` re-exports it) share it without the library importing the harness.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 from lintrans.attention import check_options, predict, scale_factor
 from lintrans.checks import t6_locality
 from lintrans.constructions import gd_construction
-from lintrans.experiment import ArgParser, load_results
+from lintrans.cli import ArgParser, load_results
 from lintrans.io import load_json, load_npz, require_float_array, save_npz
 from lintrans.params import LinearAttentionParams, init_params, load_params, save_params, validate_params
 from lintrans.pruning import kept_rank, truncate_matrix
