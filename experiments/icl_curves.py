@@ -86,7 +86,7 @@ class Config:
                        copies=2)
 
 
-QUICK = dict(d_in=2, depths=(1, 2), linear_steps=200, softmax_layers=1, softmax_width=16, softmax_heads=2,
+QUICK = dict(d_in=2, depths=(2,), linear_steps=200, softmax_layers=1, softmax_width=16, softmax_heads=2,
              softmax_mlp=64, softmax_steps=200, softmax_batch=32, softmax_curriculum_every=0, checkpoints=2,
              eval_prompts=1000)
 
