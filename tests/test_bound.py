@@ -316,15 +316,15 @@ def _load_script():
 def test_script_smoke_run_plot_only_and_merged_rows(tmp_path, capsys):
     mod = _load_script()
     out_json = tmp_path / "r.json"
-    argv = ["--quick", "--n-prompts", "4", "--n-demos", "12", "--shots", "4", "--rates", "0,0.5,0.6,0.9",
+    argv = ["--quick", "--n-prompts", "4", "--n-demos", "12", "--shots", "4", "--rates", "0,0.3,0.5,0.9",
             "--targets", "V,attn", "--seeds", "2", "--eps", "1e-6,1e-3", "--json", str(out_json),
             "--figures-dir", str(tmp_path), "--quiet"]
     assert mod.main(argv) == 0
     written = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote: ")]
     doc = json.loads(out_json.read_text())
     res = doc["results"]["settings"]["small"]
-    # ξ = 0 keeps every rank (the unpruned row); ξ = 0.5 and 0.6 both keep r = 2 of D = 4: one merged row
-    assert len(res["rows"]) == 2 * 8 * 2 and all(r["xis"] in ([0.5, 0.6], [0.9]) for r in res["rows"])
+    # ξ = 0 keeps every rank (the unpruned row); ξ = 0.3 and 0.5 both keep r = 2 of D = 4: one merged row
+    assert len(res["rows"]) == 2 * 8 * 2 and all(r["xis"] in ([0.3, 0.5], [0.9]) for r in res["rows"])
     assert res["checks"]["min_summand_reported"] >= -1e-9 and res["checks"]["rank_C_measured"] == [6, 6]
     assert doc["config"]["weight_noise"] is None and res["setting"]["n_layers"] == 8, "only what was used"
     names = ("bound_vs_layer", "bound_terms", "pruning_gap_vs_layer", "bound_continuity")
