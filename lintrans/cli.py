@@ -254,6 +254,15 @@ def _fields(config_cls) -> list[_Field]:
     return out
 
 
+class _Once(argparse.Action):
+    """Store a flag's value, refusing a second occurrence (a silently dropped value is a wrong answer)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice; give it once (lists are comma-separated)")
+        setattr(namespace, self.dest, values)
+
+
 class ArgParser(argparse.ArgumentParser):
     """``argparse`` that reports bad flags as one line ``error: …`` and exit status 2."""
 
@@ -297,7 +306,7 @@ def build_parser(config_cls, *, prog: str | None = None, doc: str | None = None,
 
         typ.__name__ = fld.base.__name__
         metavar = m["metavar"] or _metavar(fld)
-        g.add_argument(fld.flag, dest=fld.name, type=typ, default=None, help=text, metavar=metavar)
+        g.add_argument(fld.flag, dest=fld.name, type=typ, default=None, help=text, metavar=metavar, action=_Once)
     c = p.add_argument_group("common")
     names = sorted(presets or {})
     for preset in names:

@@ -83,6 +83,7 @@ def test_defaults_preset_and_flags(tmp_path):
     (["--params", "/no/such/file"], "no such file"),
     (["--params", __file__, "--n", "2"], "--n has no meaning with --params"),
     (["--bogus"], "unrecognized arguments"),
+    (["--n", "2", "--n", "3"], "--n given twice"),
 ])
 def test_bad_flags_one_error_line(capsys, argv, needle):
     assert needle in _err(capsys, argv)
