@@ -57,8 +57,10 @@ def run_current(tc: TrainConfig, run_dir: Path) -> tuple[bool, str]:
         return False, "not trained"
     if checkpoint.read_run_config(run_dir) != jsonable(config_to_dict(tc)):
         return False, "holds another config"
-    if tc.steps not in checkpoint.list_checkpoints(run_dir) or not (run_dir / "final.json").exists():
+    if tc.steps not in checkpoint.list_checkpoints(run_dir):
         return False, "unfinished (resumed)"
+    if not (run_dir / "final.json").exists():
+        return False, "trained, not yet scored (final.json)"
     return True, "finished run of the same config"
 
 
