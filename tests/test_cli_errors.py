@@ -235,15 +235,18 @@ RUNS_DIR_SCRIPTS = ("icl_curves", "pruning_phenomenon", "clip_search", "pruning_
 
 
 def _memory_case():
-    """verify_theorem1 sizes needing ~2× the available memory but within int32 (None if impossible)."""
-    from lintrans.cli import INT_MAX, available_memory
+    """verify_theorem1 sizes that ``cli.check_size`` refuses for memory, not int32 (None if none exist here)."""
+    from lintrans import cli
 
-    want = 2 * available_memory() / (8 * 3)  # elements; itemsize 8, 3 copies (verify_theorem1's estimate)
-    for d_in in (300, 600, 1000, 1400):
+    for d_in in (300, 600, 1000, 1400, 1800, 2200, 2600):
         D, B = d_in + 1, 256
-        n = B * 2 * D * 41 + 3 * B * D * D  # one layer, N = 40
-        if want <= n <= INT_MAX:
-            return ("verify_theorem1", ["--d-in", str(d_in), "--layers", "1"], "GiB of memory available", "size")
+        n = B * 2 * D * 41 + 3 * B * D * D  # verify_theorem1's estimate: one layer, N = 40
+        try:  # refused with a 2x margin, so a change in free memory before the case runs does not matter
+            cli.check_size(n // 2, "probe", itemsize=8, copies=3)
+        except ValueError as e:
+            if "memory" in str(e):
+                return ("verify_theorem1", ["--d-in", str(d_in), "--layers", "1"], "of memory available", "size")
+            return None
     return None
 
 
