@@ -27,7 +27,7 @@ def _mc(params, task, scale, readout, key, n=40_000):
     return e.mean(), e.std(ddof=1) / np.sqrt(n)
 
 
-@pytest.mark.parametrize("draw", [0, 1])
+@pytest.mark.parametrize("draw", [0, pytest.param(1, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("shift,scale,readout", [("none", "1", 1), ("noise=0.7,shots=3", "1/N", -1),
                                                  ("spectrum=2:1/4,x_scale=1.5", "1", 1)])
 def test_closed_form_matches_monte_carlo_within_3_se(draw, shift, scale, readout):

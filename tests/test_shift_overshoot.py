@@ -9,6 +9,7 @@ to rank 1 shrinks its last row's ``y`` entry and with it the step.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lintrans import onelayer
 from lintrans import shift_study as ss
@@ -35,6 +36,7 @@ def test_clipping_v_lowers_the_error_on_fewer_shots_only():
     assert onelayer.expected_error(p, parse_shift("shots=N/8").task(D_IN, N), scale="1/N") > 1.0
 
 
+@pytest.mark.slow
 def test_measured_overshoot_gain_is_significant_and_matches_theory():
     """Measured on 4000 shifted prompts by the sweep: the paired change of clipping V (ξ = 0.75, rank 1) is
     below 0 by more than 3 standard errors and within 3 s.e. of the closed form's change."""
