@@ -67,6 +67,8 @@ class Config:
             raise ValueError(f"--checkpoint-every ({self.checkpoint_every}) exceeds --steps ({self.steps})")
         if any(r == 0 for r in self.rates):
             raise ValueError("--rates: ξ = 0 is the unclipped model, always reported; give rates in (0, 1)")
+        runs = Path(self.runs_dir) if Path(self.runs_dir).is_absolute() else cli.REPO_ROOT / self.runs_dir
+        cli.check_output_dir(runs, "--runs-dir")
 
 
 QUICK = dict(models=("linear", "linear_attn_mlp", "softmax_attn"), layers=2, steps=100, seeds=2, checkpoint_every=50,

@@ -96,6 +96,12 @@ class Config:
             raise ValueError("--models/--size/--runs-dir choose the study models; they have no meaning with --checkpoint")
         if self.n_bound > self.n_val:
             raise ValueError(f"--n-bound ({self.n_bound}) must not exceed --n-val ({self.n_val}): the bound uses validation prompts")
+        if not self.merge and not self.checkpoint:
+            runs = Path(self.runs_dir) if Path(self.runs_dir).is_absolute() else cli.REPO_ROOT / self.runs_dir
+            cli.check_output_dir(runs, "--runs-dir")
+        # the shifted prompts of one (model, shift): (n_val + n_test) × D × (N' + 1), D ≤ 21, N' ≤ 2N = 80, float64
+        cli.check_size((self.n_val + self.n_test) * 21 * 81, f"--n-test {self.n_test} / --n-val {self.n_val}: the prompts",
+                       itemsize=8)
 
 
 QUICK = dict(models=("lin-L1-s1/N", "lin-L4-s1/N"), size="tiny", shift=("none", "shots=N/2"), targets=("V", "attn"),

@@ -432,8 +432,12 @@ def check_size(n_elements: int, what: str, *, itemsize: int = 4, copies: float =
     states); together they may take at most 80 % of :func:`available_memory`. ``ValueError`` names
     the estimate and the limit (:func:`lintrans.limits.check_size`).
     """
-    limit = int(0.8 * available_memory() / max(float(copies), 1e-12))
-    check_size_bytes(n_elements, what, itemsize=itemsize, limit=limit)
+    check_size_bytes(n_elements, what, itemsize=itemsize, limit=2**62)  # the int32 rule
+    need = int(n_elements) * itemsize * float(copies)
+    have = available_memory()
+    if need > 0.8 * have:
+        raise ValueError(f"{what}: needs about {need / 2**30:.3g} GiB, more than 80 % of the "
+                         f"{have / 2**30:.3g} GiB of memory available")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ def load_params(path: str | os.PathLike, dtype=None) -> LinearAttentionParams:
             require_float_array(name, arrays[name], ndim=3)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{path}: {e}") from None
+        # float16 keeps ~3 digits: no identity or bound of this library can be checked on it, and
+        # a silent upcast would report float64 numbers for weights that never had them.
+        if np.asarray(arrays[name]).dtype not in (np.float32, np.float64):
+            raise TypeError(f"{path}: {name} is {np.asarray(arrays[name]).dtype}; weights must be float32 or float64")
     params = LinearAttentionParams(*(jnp.asarray(arrays[n], dtype=dtype) for n in FIELDS))
     try:
         return validate_params(params)

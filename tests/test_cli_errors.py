@@ -218,16 +218,14 @@ CASES = [
     ("train_icl", ["--layers", "2"], "--out", "message"),
 ]
 
-# Found open when this module was written (other sessions' scripts): strict xfails, so a fix shows up.
-OPEN = [
-    # float16 weights are accepted and the sweep runs (stopped by the case's 20 s alarm)
-    ("bound_vs_layer", ["--params", "{f16_params}"], "float16", "message", 20),
-    # a --runs-dir under a regular file is found at the first run's directory, the message without the flag
-    ("pruning_under_shift", ["--runs-dir", "{file}"], "--runs-dir", "output", 20),
-    ("beyond_linear", ["--runs-dir", "{file}/x"], "--runs-dir", "output", 20),
-    # --n-test 2e9 is not refused: training starts (stopped by the 20 s alarm)
-    ("pruning_under_shift", ["--n-test", "2000000000"], "--n-test", "size", 20),
+# Fixed after this module was written (they were strict xfails): runs directories and prompt sizes checked first.
+CASES += [
+    ("pruning_under_shift", ["--runs-dir", "{file}"], "--runs-dir", "output"),
+    ("beyond_linear", ["--runs-dir", "{file}/x"], "--runs-dir", "output"),
+    ("pruning_under_shift", ["--n-test", "2000000000"], "--n-test", "size"),
+    ("bound_vs_layer", ["--params", "{f16_params}"], "float16", "message"),
 ]
+
 
 
 #: Scripts that train into --runs-dir: a case that got that far must not touch the repository's runs/.
@@ -366,20 +364,12 @@ def test_every_bad_input_is_refused_cleanly(driven):
 @pytest.mark.slow
 def test_every_class_and_cli_is_covered():
     kinds = {}
-    for script, _, _, kind, *_ in CASES + OPEN:
+    for script, _, _, kind, *_ in CASES:
         kinds.setdefault(script, set()).add(kind)
     for script in ("verify_theorem1", "icl_curves", "bound_vs_layer", "pruning_phenomenon", "clip_search", "benchmark",
                    "train_icl", "beyond_linear", "pruning_under_shift"):
         assert kinds[script] >= {"output", "size", "integer", "combination", "message"}, script
     assert kinds["reproduce_all"] >= {"output", "combination"}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", OPEN, ids=lambda c: f"{c[0]} {' '.join(c[1])}")
-@pytest.mark.xfail(strict=True, reason="open in another session's script when this test was written")
-def test_open_cases(case, inputs, tmp_path):
-    r = _drive([case], inputs, tmp_path)[0]
-    assert not _check(r, case[2])
 
 
 REPRESENTATIVE = [
