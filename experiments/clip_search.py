@@ -40,21 +40,13 @@ NAME = "clip_search"
 DEFAULT_RUN_FIELDS = ("models", "runs_dir", "linear_steps", "softmax_steps", "train_seeds", "layers", "softmax_width")
 
 
-def run_dirs(text: str) -> tuple[str, ...]:
-    """``--checkpoint``: comma-separated run directories, each holding a ``config.json``."""
-    dirs = tuple(s.strip() for s in text.split(",") if s.strip())
-    for d in dirs:
-        if not (Path(d) / "config.json").is_file():
-            raise ValueError(f"{d}: no such run directory (train one with experiments/train_icl.py)")
-    return dirs
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Algorithm 1 (choose one layer and one clipping rate by validation) on every seed of trained models."""
 
     checkpoint: tuple[str, ...] = option((), "run directories of train_icl.py, comma-separated, one per model "
-                                         "(default: the small default runs)", parse=run_dirs, metavar="RUN_DIR[,..]")
+                                         "(default: the small default runs)", parse=cli.run_dirs, metavar="RUN_DIR[,..]")
     models: tuple[str, ...] = option(("linear", "softmax"), "default runs to use without --checkpoint",
                                      choices=tuple(MODEL_GROUPS))
     model: str | None = option(None, "only this model (a --checkpoint of another model is an error)",

@@ -58,13 +58,6 @@ def shift_list(text: str) -> tuple[str, ...]:
     return items
 
 
-def run_dirs(text: str) -> tuple[str, ...]:
-    dirs = tuple(s.strip() for s in text.split(",") if s.strip())
-    for d in dirs:
-        if not (Path(d) / "config.json").is_file():
-            raise ValueError(f"{d}: no such run directory (train one with experiments/train_icl.py)")
-    return dirs
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -75,7 +68,7 @@ class Config:
     models: tuple[str, ...] = option(shift_study.DEFAULT_MODELS, "study models to train/reuse without --checkpoint (also: softmax)",
                                      choices=tuple(shift_study.STUDY_MODELS))
     checkpoint: tuple[str, ...] = option((), "run directories of train_icl.py instead of the study models, comma-separated",
-                                         parse=run_dirs, metavar="RUN[,RUN]")
+                                         parse=cli.run_dirs, metavar="RUN[,RUN]")
     runs_dir: str = option("runs", "where the study models are trained and reused (relative: to the repository root)")
     size: str = option("full", "training size of the study models (tiny: smoke runs)", choices=("full", "tiny"))
     targets: tuple[str, ...] = option(ALL_TARGETS, "clip targets (each model uses those it has)", choices=ALL_TARGETS)

@@ -53,7 +53,7 @@ from lintrans.limits import check_size as check_size_bytes
 from lintrans.progress import Progress  # re-exported: scripts take it from here
 
 __all__ = [
-    "REPO_ROOT", "RESULTS_DIR", "FIGURES_DIR", "PUBLISHED_FIGURES_DIR", "INT_MAX", "option", "rates",
+    "REPO_ROOT", "RESULTS_DIR", "FIGURES_DIR", "PUBLISHED_FIGURES_DIR", "INT_MAX", "option", "rates", "run_dirs",
     "positive_int", "ArgParser", "build_parser", "parse_config", "main", "command", "check_output_file",
     "check_output_dir", "check_size", "available_memory", "Progress", "save_figure", "save_results",
     "load_results", "COMMON_FLAGS",
@@ -139,6 +139,17 @@ def rates(text: str) -> tuple[float, ...]:
     except ValueError:
         raise ValueError(f"expected comma-separated numbers in [0, 1), got {text!r}") from None
     return tuple(check_rates(values))
+
+
+def run_dirs(text: str) -> tuple[str, ...]:
+    """Comma-separated training-run directories, each holding a ``config.json``."""
+    dirs = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not dirs:
+        raise ValueError(f"expected comma-separated run directories, got {text!r}")
+    for d in dirs:
+        if not (Path(d) / "config.json").is_file():
+            raise ValueError(f"{d}: no such run directory (train one with experiments/train_icl.py)")
+    return dirs
 
 
 def positive_int(text: str) -> int:
