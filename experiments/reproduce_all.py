@@ -29,7 +29,7 @@ import io
 import sys
 from pathlib import Path
 
-from lintrans import cli, pipeline
+from lintrans import cli, models, pipeline
 from lintrans.cli import option
 from lintrans.io import provenance, save_json
 from lintrans.train import TrainConfig
@@ -148,7 +148,7 @@ def train_icl_args(tc: TrainConfig, out: Path) -> list[str]:
             "--checkpoint-every", tc.checkpoint_every, "--log-every", tc.log_every, "--mask", tc.mask,
             "--scale", tc.scale, "--readout", tc.readout, "--init-std", tc.init_std, "--noise-std", tc.noise_std,
             "--dtype", tc.dtype, "--out", out, "--resume"]
-    if tc.model == "softmax":
+    if models.get(tc.model).uses_width:
         args += ["--width", tc.width, "--heads", tc.n_heads, "--mlp-width", tc.mlp_width]
     return [str(a) for a in args]
 

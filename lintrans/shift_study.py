@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans import stats
+from lintrans import models
 from lintrans.attention import check_options, scale_factor
 from lintrans.numerics import mm
 from lintrans.pruning import check_rate, kept_rank
@@ -118,7 +119,7 @@ class SoftmaxMeasure:
 def measure_for(model):
     """The measure of a :class:`lintrans.trained.TrainedModel`."""
     c = model.config
-    if c.model == "linear":
+    if models.get(c.model).theorem1:  # ‖G_t‖ and the effective step need Theorem 1's trajectory
         check_options(c.mask, c.scale, c.readout)
         return LinearMeasure(c.d_in, c.mask, c.scale, c.readout)
     return SoftmaxMeasure(model.score_fn)
@@ -464,7 +465,7 @@ def study_models(names, runs_dir, *, size: str = "full", quiet: bool = False) ->
 def checkpoint_name(model) -> str:
     """A study name for a ``--checkpoint`` run: kind, depth and scale."""
     c = model.config
-    return f"lin-L{c.n_layers}-s{c.scale}" if c.model == "linear" else f"softmax-L{c.n_layers}"
+    return f"lin-L{c.n_layers}-s{c.scale}" if models.get(c.model).theorem1 else f"{c.model}-L{c.n_layers}"
 
 
 def _theory(model, task, targets, rates, cells):
@@ -516,7 +517,7 @@ def study_model(name: str, model, shifts, *, key, targets, rates, layers=(), n_v
 
     require_x64()
     c = model.config
-    linear = c.model == "linear"
+    linear = models.get(c.model).theorem1
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), model.params)
     p0 = jax.tree_util.tree_map(lambda x: x[0], params)
     names = field_names(p0)
