@@ -36,6 +36,7 @@ from lintrans.constructions import gd_loop
 from lintrans.numerics import mm
 from lintrans.tasks import sample_linear, split_prompt
 from lintrans.io import require_int
+from lintrans.stats import prompt_interval
 
 __all__ = [
     "zero",
@@ -302,24 +303,14 @@ class MeanCI(NamedTuple):
 
 
 def mean_ci95(values, axis: int = 0) -> MeanCI:
-    """Mean and 95 % interval half-width ``1.96 · s / √n`` along ``axis`` (``s``: sample std, ddof 1).
+    """Mean and 95 % interval half-width ``z_{0.975} · s / √n`` along ``axis`` (``s``: sample std, ddof 1).
 
-    The interval is the CLT one; per-prompt squared errors are skewed (χ²-like), so use
-    ``n ≳ 100`` (the figures use ≥ 1000). Non-finite values are refused (``ValueError``), never
-    averaged; ``n < 2`` is refused (no spread estimate).
+    A view of :func:`lintrans.stats.prompt_interval` (the one rule: ``n < 2`` gives a NaN
+    half-width, never 0; non-finite values are refused). The interval is the CLT one; per-prompt
+    squared errors are skewed (χ²-like), so use ``n ≳ 100`` (the figures use ≥ 1000).
     """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim == 0:
-        raise ValueError("values must have at least one axis")
-    n = v.shape[axis]
-    if n < 2:
-        raise ValueError(f"mean_ci95 needs at least 2 values along axis {axis}, got {n}")
-    bad = ~np.isfinite(v)
-    if bad.any():
-        raise ValueError(f"values contain {int(bad.sum())} NaN/Inf entries (first at index {np.argwhere(bad)[0].tolist()})")
-    mean = v.mean(axis=axis)
-    half = 1.96 * v.std(axis=axis, ddof=1) / np.sqrt(n)
-    return MeanCI(mean=mean, half_width=half, n=int(n))
+    iv = prompt_interval(values, axis=axis, level=0.95)
+    return MeanCI(mean=iv.mean, half_width=iv.half_width, n=iv.n)
 
 
 # --------------------------------------------------------------------------------------------
