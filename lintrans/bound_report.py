@@ -165,6 +165,8 @@ def sweep_study(models, batches, b: int, *, rates, targets, eps, noise_std: floa
 
 # ----------------------------------------------------------------------------- continuity paths
 
+_prompt_stats = jax.jit(prompt_stats, static_argnames=("b", "mask", "scale", "method"))  # one compile per shape
+
 
 def continuity_path(params: LinearAttentionParams, H, b: int, *, eps: float, mask: str = "demos",
                     scale: str = "1") -> dict:
@@ -174,7 +176,7 @@ def continuity_path(params: LinearAttentionParams, H, b: int, *, eps: float, mas
     relative ridge ``eps`` and for the support-restricted diagnostic, and ``rank_min``, ``rank_max``
     ``(P, L)`` (rank of ``C_t`` over prompts).
     """
-    stats = jax.jit(lambda p: prompt_stats(p, H, b, mask=mask, scale=scale))(params)
+    stats = _prompt_stats(params, jnp.asarray(H), b, mask=mask, scale=scale)
     d, n_demos = H.shape[1] ** 2, H.shape[2] - 1
     summ = jax.vmap(lambda st: bound_summands(st, d, eps=(float(eps),)))(stats)
     out = {}
