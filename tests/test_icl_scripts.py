@@ -122,7 +122,8 @@ def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
     # Another size in the same runs directory: its own folders (the run config's hash), nothing refused.
     before = {p.name for p in runs.iterdir()}
     linear_only = [a for i, a in enumerate(args) if not (a.startswith("--softmax") or args[i - 1].startswith("--softmax"))]
-    assert icl_curves.main([*linear_only, "--linear-steps", "8", "--no-softmax"]) == 0
+    linear_only[linear_only.index("--linear-steps") + 1] = "8"  # a flag is given once (the CLI refuses repeats)
+    assert icl_curves.main([*linear_only, "--no-softmax"]) == 0
     res3 = json.loads((tmp_path / "icl.json").read_text())["results"]
     assert res3["curves"]["linear attention, L=2"]["status"] == "trained" and res3["curves"]["linear attention, L=2"]["step"] == 8
     assert len({p.name for p in runs.iterdir()} - before) == 1
