@@ -23,7 +23,6 @@ prompts). Run from the repository root: ``python experiments/clip_search.py``.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 
@@ -80,7 +79,7 @@ class Config:
                 flags = ", ".join("--" + f.replace("_", "-") for f in extra)
                 raise ValueError(f"{flags} choose or size the default runs; meaningless with --checkpoint")
         else:
-            cli.check_output_dir(_runs_dir(self), "--runs-dir")
+            cli.check_output_dir(cli.repo_path(self.runs_dir), "--runs-dir")
         if self.model is not None and "models" in given:
             raise ValueError("give --model (one model) or --models (default runs), not both")
         if len(set(self.group)) != len(self.group):
@@ -92,16 +91,11 @@ class Config:
 QUICK = dict(models=("linear",), linear_steps=300, train_seeds=2, n_val=128, n_test=256)
 
 
-def _runs_dir(config: Config) -> Path:
-    p = Path(config.runs_dir)
-    return p if p.is_absolute() else cli.REPO_ROOT / p
-
-
 def load_models(config: Config, *, quiet: bool = False):
     """The checkpoints (float64 runs switch on jax_enable_x64), or the default runs, trained if missing."""
     if any(read_run_config(c).get("dtype") == "float64" for c in config.checkpoint):
         jax.config.update("jax_enable_x64", True)
-    return models_for(config.checkpoint, config.models, _runs_dir(config), train_seeds=config.train_seeds,
+    return models_for(config.checkpoint, config.models, cli.repo_path(config.runs_dir), train_seeds=config.train_seeds,
                       layers=config.layers, linear_steps=config.linear_steps, softmax_steps=config.softmax_steps,
                       softmax_width=config.softmax_width, model_filter=config.model, quiet=quiet)
 

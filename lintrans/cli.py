@@ -53,7 +53,7 @@ from lintrans.limits import check_size as check_size_bytes
 from lintrans.progress import Progress  # re-exported: scripts take it from here
 
 __all__ = [
-    "REPO_ROOT", "RESULTS_DIR", "FIGURES_DIR", "PUBLISHED_FIGURES_DIR", "INT_MAX", "option", "rates", "run_dirs",
+    "REPO_ROOT", "RESULTS_DIR", "FIGURES_DIR", "PUBLISHED_FIGURES_DIR", "INT_MAX", "option", "rates", "run_dirs", "repo_path",
     "positive_int", "ArgParser", "build_parser", "parse_config", "main", "command", "check_output_file",
     "check_output_dir", "check_size", "available_memory", "Progress", "save_figure", "save_results",
     "load_results", "COMMON_FLAGS",
@@ -139,6 +139,12 @@ def rates(text: str) -> tuple[float, ...]:
     except ValueError:
         raise ValueError(f"expected comma-separated numbers in [0, 1), got {text!r}") from None
     return tuple(check_rates(values))
+
+
+def repo_path(path) -> Path:
+    """``path`` as given if absolute, else relative to the repository root (where ``runs/`` lives)."""
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
 
 
 def run_dirs(text: str) -> tuple[str, ...]:

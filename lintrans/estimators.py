@@ -36,7 +36,7 @@ from lintrans.constructions import gd_loop
 from lintrans.numerics import mm
 from lintrans.tasks import sample_linear, split_prompt
 from lintrans.io import require_int
-from lintrans.stats import prompt_interval
+from lintrans.stats import Interval, prompt_interval
 
 __all__ = [
     "zero",
@@ -286,20 +286,8 @@ def icl_error(y_hat: jax.Array, y: jax.Array, d_in: int) -> jax.Array:
     return diff * diff / d_in
 
 
-class MeanCI(NamedTuple):
-    """Mean of per-prompt errors with a 95 % normal-approximation interval ``mean ± half_width``."""
-
-    mean: np.ndarray
-    half_width: np.ndarray
-    n: int
-
-    @property
-    def low(self) -> np.ndarray:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> np.ndarray:
-        return self.mean + self.half_width
+#: The interval :func:`mean_ci95` returns: :class:`lintrans.stats.Interval` (``mean``, ``half_width``, ``low``, ``high``, ``n``).
+MeanCI = Interval
 
 
 def mean_ci95(values, axis: int = 0) -> MeanCI:
@@ -309,8 +297,7 @@ def mean_ci95(values, axis: int = 0) -> MeanCI:
     half-width, never 0; non-finite values are refused). The interval is the CLT one; per-prompt
     squared errors are skewed (χ²-like), so use ``n ≳ 100`` (the figures use ≥ 1000).
     """
-    iv = prompt_interval(values, axis=axis, level=0.95)
-    return MeanCI(mean=iv.mean, half_width=iv.half_width, n=iv.n)
+    return prompt_interval(values, axis=axis, level=0.95)
 
 
 # --------------------------------------------------------------------------------------------
