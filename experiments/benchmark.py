@@ -63,7 +63,7 @@ def _load(module: str) -> ModuleType:
 bench_util = _load("_bench_util")
 
 #: Registered sections, in run order (module ``experiments/bench_<name>.py`` each).
-SECTION_NAMES = ("core", "bound", "training", "shift", "device")
+SECTION_NAMES = ("core", "bound", "training", "peers", "shift", "device")  # peers after training (imports it)
 MODULES = {name: _load(f"bench_{name}") for name in SECTION_NAMES}
 #: name → ``run(config, progress) -> dict``.
 SECTIONS = {name: mod.run for name, mod in MODULES.items()}

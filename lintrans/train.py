@@ -14,7 +14,10 @@ the batch must hold (``targets``: the query, or every position). The two registe
   :func:`lintrans.attention.predict_tokens`, the straightforward reference the fast one is tested
   against (loss and gradients, float64, rtol 1e-12). The causal mask always takes the token path.
   The sampled batch carries the Gram matrix computed from the draws (:mod:`lintrans.batched`), or,
-  with ``sampler="wishart"``, drawn directly in ``O(d²)`` (:mod:`lintrans.gram_sampler`).
+  with ``sampler="wishart"``, drawn directly in ``O(d²)`` (:mod:`lintrans.gram_sampler`); the
+  default ``sampler="auto"`` takes the Wishart draws on the batched path wherever they need fewer
+  random bits (:func:`lintrans.train_config.resolve_sampler`), so ``train(config)`` and
+  ``train(config, path="tokens")`` see the same law but different draws.
 * ``"softmax"``: the GPT-2-style transformer of :mod:`lintrans.transformer` on Garg et al.'s
   interleaved ``x, y`` tokens with a causal mask. Its loss is Garg's: the mean of
   ``(ŷ_j − y_j)² / d`` over **every** ``x`` position ``j = 0..N`` (position ``j`` has seen ``j``
@@ -127,6 +130,7 @@ from lintrans.train_config import (
     TrainConfig,
     config_from_dict,
     config_to_dict,
+    resolve_sampler,
     seed_values,
     softmax_config,
 )
@@ -198,8 +202,14 @@ class Batch(NamedTuple):
     query: jax.Array | None = None
 
 
-def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
-    """Fresh training prompts for one seed from ``key`` (already ``fold_in(data_key, step)``)."""
+def sample_batch(config: TrainConfig, key: jax.Array, step, path: str | None = None) -> Batch:
+    """Fresh training prompts for one seed from ``key`` (already ``fold_in(data_key, step)``).
+
+    ``path``: the forward path that will read the batch; ``sampler="auto"`` resolves through
+    :func:`lintrans.train_config.resolve_sampler` with it (``None``: a batch every path can read,
+    i.e. tokens).
+    """
+    sampler = resolve_sampler(config, path)
     B, N, d = config.batch_size, config.n_demos, config.d_in
     k_task, k_count = jax.random.split(key)
     if config.curriculum is not None:
@@ -214,7 +224,7 @@ def sample_batch(config: TrainConfig, key: jax.Array, step) -> Batch:
             n_true = jax.random.randint(k_count, (B,), config.k_min, n_active + 1)
         elif config.curriculum is not None:
             n_true = jnp.broadcast_to(n_active, (B,))
-    if config.sampler == "wishart":
+    if sampler == "wishart":
         g = sample_linear_gram(k_task, B, N, d, n_true=n_true, noise_std=config.noise_std, cov_sqrt=cov_sqrt,
                                dtype=config.jnp_dtype)
         return Batch(None, g.y_query, n_true, d_active, n_active, g.gram, g.query)
@@ -254,7 +264,7 @@ def make_loss(config: TrainConfig, path: str = "batched", mesh=None) -> Callable
     """
 
     def loss(params, data_key, step):
-        batch = sample_batch(config, jax.random.fold_in(data_key, step), step)
+        batch = sample_batch(config, jax.random.fold_in(data_key, step), step, path)
         if mesh is not None:
             batch = batch._replace(**{f: constrain_batch(getattr(batch, f), mesh)
                                       for f in ("H", "targets", "gram", "query") if getattr(batch, f) is not None})

@@ -20,7 +20,7 @@ from lintrans.models.softmax import softmax_config
 from lintrans.transformer import SoftmaxConfig
 
 __all__ = ["MODELS", "DTYPES", "PATHS", "SAMPLERS", "Curriculum", "TrainConfig", "config_to_dict",
-           "config_from_dict", "softmax_config", "seed_values"]
+           "config_from_dict", "softmax_config", "seed_values", "sampler_blocks", "resolve_sampler"]
 
 #: The registered model names (:mod:`lintrans.models`).
 MODELS = models.MODELS
@@ -29,8 +29,9 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 #: default), ``"gram"`` (:func:`lintrans.attention.predict` vmapped) and ``"tokens"`` (the
 #: token-by-token reference :func:`lintrans.attention.predict_tokens`). Same function, tested.
 PATHS = ("batched", "gram", "tokens")
-#: How training prompts are drawn (``TrainConfig.sampler``): as tokens, or as their Gram matrix.
-SAMPLERS = ("tokens", "wishart")
+#: How training prompts are drawn (``TrainConfig.sampler``): as tokens, as their Gram matrix, or
+#: ``"auto"``: whichever needs fewer random bits (:func:`resolve_sampler`).
+SAMPLERS = ("auto", "tokens", "wishart")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +93,9 @@ class TrainConfig:
         (:func:`lintrans.tasks.sample_linear_split`), ``O(N·d)`` per prompt. ``"wishart"`` (linear model,
         ``mask="demos"``): only their Gram matrix, exactly in law and in ``O(d²)`` whatever N
         (:mod:`lintrans.gram_sampler`); different draws from ``"tokens"``, and only the
-        ``"batched"`` path can read it.
+        ``"batched"`` path can read it. ``"auto"`` (the default): ``"wishart"`` where the model and path
+        can read it and it needs fewer random-bit blocks than ``"tokens"``, else ``"tokens"``
+        (:func:`resolve_sampler`, one rule); the two draw differently (same law).
     Optimisation:
       steps, batch_size, lr, warmup_steps, final_lr_frac, clip_norm: Adam with linear warm-up and
         cosine decay to ``lr·final_lr_frac`` (``final_lr_frac`` in ``[0, 1]``), global-norm clipping
@@ -116,7 +119,7 @@ class TrainConfig:
     noise_std: float = 0.0
     k_min: int | None = None
     curriculum: Curriculum | None = None
-    sampler: str = "tokens"
+    sampler: str = "auto"
     steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-2
@@ -180,6 +183,43 @@ class TrainConfig:
     @property
     def jnp_dtype(self):
         return DTYPES[self.dtype]
+
+
+def sampler_blocks(config: TrainConfig, sampler: str) -> float:
+    """Threefry2x32 blocks one prompt costs with ``sampler`` (``"tokens"`` or ``"wishart"``): the cost model of :func:`resolve_sampler`.
+
+    Drawing random bits dominates sampling on a CPU (issue 14: 2048 × 120 normals 4.4 ms of a 6 ms
+    step). ``"tokens"`` (:func:`lintrans.tasks.sample_linear_split`, ``jax.random.normal``, one block
+    per value): ``w``, ``N + 1`` inputs, ``N + 1`` label noises if ``σ > 0``. ``"wishart"``
+    (:mod:`lintrans.gram_sampler`, two 32-bit words per block, one word per float32 value, two per
+    float64): ``D(D−1)/2`` upper-triangle normals, ``D`` chi proposals (a normal and a uniform),
+    ``w``, the query, one noise; the chi retries (≈ 5 % of ``D`` elements × 8 values) are left out.
+    """
+    d, N, D = config.d_in, config.n_demos, config.dim
+    noisy = config.noise_std > 0
+    if sampler == "tokens":
+        return float(d + (N + 1) * d + noisy * (N + 1))
+    if sampler == "wishart":
+        words_per_value = 2 if config.dtype == "float64" else 1
+        return words_per_value * (D * (D - 1) / 2 + 2 * D + 2 * d + noisy) / 2
+    raise ValueError(f"sampler must be 'tokens' or 'wishart', got {sampler!r}")
+
+
+def resolve_sampler(config: TrainConfig, path: str | None = None) -> str:
+    """The sampler a run really uses: ``config.sampler``, or for ``"auto"`` the rule (one place).
+
+    ``"auto"`` is ``"wishart"`` iff the model reads prompts only through their Gram matrix
+    (``reads_gram``, ``mask="demos"``), ``path == "batched"`` (the only path that reads a Gram
+    matrix; ``path=None``: a batch every path can read, so tokens) and :func:`sampler_blocks` is
+    smaller for it; otherwise ``"tokens"``. E.g. d = 10, N = 10: 120 vs 48.5 blocks (wishart);
+    d = 20, N = 4: 120 vs 146 (tokens).
+    """
+    if config.sampler != "auto":
+        return config.sampler
+    spec = models.get(config.model)
+    if not (spec.reads_gram and config.mask == "demos" and path == "batched"):
+        return "tokens"
+    return "wishart" if sampler_blocks(config, "wishart") < sampler_blocks(config, "tokens") else "tokens"
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -166,3 +166,57 @@ def test_wishart_batch_with_curriculum_and_variable_k():
     np.testing.assert_array_equal(np.asarray(batch.query)[:, 3:], 0.0, err_msg="inactive query coordinates are 0")
     ranks = np.array([np.linalg.matrix_rank(s, tol=1e-10 * np.abs(s).max()) for s in S])
     np.testing.assert_array_equal(ranks, np.minimum(k, 3), err_msg="rank S = min(k, d_active), noiseless")
+
+
+# --- the cheap exact draws (issue 14) ------------------------------------------------------------
+
+
+def test_words_and_transforms_are_jax_random_on_the_same_bits():
+    # random_words: the threefry2x32 counter stream (jax.extend.random.threefry_2x32), two words a block.
+    from jax.extend.random import threefry_2x32
+
+    from lintrans.gram_sampler import normals_from_words, random_words, unit_uniforms_from_words
+
+    key = jax.random.PRNGKey(7)
+    np.testing.assert_array_equal(np.asarray(random_words(key, 9)),
+                                  np.asarray(threefry_2x32(key, jnp.arange(9, dtype=jnp.uint32))))
+    # The transforms are jax.random's own: on jax.random.bits they give jax.random.normal / uniform bitwise.
+    bits32 = jax.random.bits(key, (1000,), jnp.uint32)[:, None]
+    np.testing.assert_array_equal(np.asarray(normals_from_words(bits32, jnp.float32)),
+                                  np.asarray(jax.random.normal(key, (1000,), jnp.float32)), err_msg="float32 normal")
+    np.testing.assert_array_equal(np.asarray(unit_uniforms_from_words(bits32, jnp.float32)),
+                                  np.asarray(jax.random.uniform(key, (1000,), jnp.float32)), err_msg="float32 uniform")
+    bits64 = jax.random.bits(key, (1000,), jnp.uint64)
+    words = jnp.stack([(bits64 >> 32).astype(jnp.uint32), bits64.astype(jnp.uint32)], axis=-1)
+    np.testing.assert_array_equal(np.asarray(normals_from_words(words, F64)),
+                                  np.asarray(jax.random.normal(key, (1000,), F64)), err_msg="float64 normal")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        normals_from_words(bits32, jnp.float16)
+
+
+@pytest.mark.parametrize("forced_retry", [False, True])
+def test_chi_variates_have_the_chi_law(forced_retry):
+    """E χ² = ν, Var χ² = 2ν (5 standard errors / 6 %), and for ν = 2 the CDF 1 − e^{−t/2} at three
+    points (5 standard errors). forced_retry: every first proposal of ν ≥ 2 is rejected (z = −10⁴
+    makes v = (1 + cz)³ < 0), so those values all come from the while-loop's retry rounds."""
+    from lintrans.gram_sampler import chi_variates
+
+    n = 100_000
+    dofs = np.array([0, 1, 2, 3, 7, 20])
+    dof = jnp.asarray(np.repeat(dofs[None, :], n, axis=0))
+    kz, ku, kr = jax.random.split(jax.random.PRNGKey(11), 3)
+    z = jax.random.normal(kz, dof.shape, F64)
+    if forced_retry:  # ν = 1 is |z| (no rejection step), so only ν ≥ 2 are forced into the retries
+        z = jnp.where(dof >= 2, -1e4, z)
+    u = jax.random.uniform(ku, dof.shape, F64)
+    chi = np.asarray(jax.jit(chi_variates)(kr, dof, z, u))
+    assert np.all(np.isfinite(chi)) and np.all(chi >= 0)
+    np.testing.assert_array_equal(chi[:, 0], 0.0, err_msg="χ(0) = 0")
+    sq = chi**2
+    for j, nu in enumerate(dofs[1:], start=1):
+        se = np.sqrt(2 * nu / n)
+        assert abs(sq[:, j].mean() - nu) < 5 * se, f"E χ²({nu}) = {nu}: {sq[:, j].mean():.4f}, 5 s.e. {5 * se:.4f}"
+        np.testing.assert_allclose(sq[:, j].var(), 2 * nu, rtol=0.06, err_msg=f"Var χ²({nu}) = 2ν, rtol 6 %")
+    for t in (0.5, 2.0, 5.0):
+        p = 1 - np.exp(-t / 2)
+        assert abs((sq[:, 2] <= t).mean() - p) < 5 * np.sqrt(p * (1 - p) / n), f"P(χ²(2) ≤ {t}) = 1 − e^(−t/2)"

@@ -75,8 +75,8 @@ def variant_model(name: str, summary: str) -> Model:
         if config.k_min is not None or config.curriculum is not None:
             raise ValueError(f"model {name!r} trains at the full context: k_min and curriculum zero demonstrations, "
                              "which is exact for linear attention only")
-        if config.sampler != "tokens":
-            raise ValueError(f"model {name!r} reads tokens: sampler must be 'tokens', got {config.sampler!r}")
+        if config.sampler not in ("tokens", "auto"):  # "auto" resolves to tokens: reads_gram is False
+            raise ValueError(f"model {name!r} reads tokens: sampler must be 'tokens' or 'auto', got {config.sampler!r}")
 
     return Model(
         name=name, summary=summary, layout="spec", targets="query", params_type=base.params_class,

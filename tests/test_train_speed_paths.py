@@ -1,0 +1,130 @@
+"""The training step's speed paths (issue 14): fused tiny products, the automatic sampler, the breakdown.
+
+Identities in float64 (tests/conftest.py enables x64) at rtol 1e-12; the two forms of a product
+differ by summation order only, so the bound is rounding of a few terms (float64 eps ~ 2e-16).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lintrans.batched import TINY_MATMUL_MAX_DIM, batch_matmul
+from lintrans.numerics import einsum, rel_err
+from lintrans.train import TrainConfig, batch_loss, init_state, make_train_step, sample_batch, seed_keys, train
+from lintrans.train_config import resolve_sampler, sampler_blocks
+
+RTOL = 1e-12
+F64 = jnp.float64
+
+
+def _tree_rel_err(a, b):
+    return max(float(rel_err(x, y)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.mark.parametrize("J", [1, 3, TINY_MATMUL_MAX_DIM, TINY_MATMUL_MAX_DIM + 1])
+def test_batch_matmul_equals_einsum_with_gradients(J):
+    """Both branches (fused multiply-adds for J ≤ TINY_MATMUL_MAX_DIM, batched einsum above) are
+    a @ b per prompt, and so is the custom gradient of the fused form: rtol 1e-12."""
+    ka, kb, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    a = jax.random.normal(ka, (7, 4, J), F64)
+    b = jax.random.normal(kb, (7, J, 5), F64)
+    g = jax.random.normal(kg, (7, 4, 5), F64)
+
+    def ref(a, b):
+        return einsum("bij,bjk->bik", a, b)
+
+    assert float(rel_err(batch_matmul(a, b), ref(a, b))) <= RTOL, "batch_matmul == einsum, rtol 1e-12"
+    got = jax.vjp(batch_matmul, a, b)[1](g)
+    want = jax.vjp(ref, a, b)[1](g)
+    assert _tree_rel_err(got, want) <= RTOL, "vjp of batch_matmul == vjp of einsum, rtol 1e-12"
+    # second order (the custom rule is differentiable again): the Hessian-vector form through jvp of the vjp
+    hv = jax.jvp(lambda a: jax.vjp(batch_matmul, a, b)[1](g)[1], (a,), (a,))[1]
+    hv_ref = jax.jvp(lambda a: jax.vjp(ref, a, b)[1](g)[1], (a,), (a,))[1]
+    assert float(rel_err(hv, hv_ref)) <= RTOL, "second-order derivative through the custom rule, rtol 1e-12"
+
+
+def test_batch_matmul_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="batch_matmul needs"):
+        batch_matmul(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)))
+
+
+@pytest.mark.parametrize("d_in", [3, TINY_MATMUL_MAX_DIM])  # D = 4 (fused products), D = 9 (einsum)
+def test_batched_path_equals_token_reference_on_both_sides_of_the_size_rule(d_in):
+    """Loss and gradients of the default (batched) path == the token-by-token forward, 3 layers,
+    zeroed demonstrations (k_min), float64, rtol 1e-12 — at a D on each side of TINY_MATMUL_MAX_DIM."""
+    cfg = TrainConfig(d_in=d_in, n_demos=6, n_layers=3, batch_size=8, steps=10, warmup_steps=1, k_min=2,
+                      init_std=0.3, dtype="float64")
+    params = jax.tree_util.tree_map(lambda x: x[0], init_state(cfg).params)
+    batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(seed_keys(cfg)[1][0])
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def value_and_grad(p, path):
+        return jax.value_and_grad(lambda q: batch_loss(cfg, q, batch, path))(p)
+
+    ref = value_and_grad(params, "tokens")
+    fast = value_and_grad(params, "batched")
+    assert float(ref[0]) > 0
+    assert float(rel_err(fast[0], ref[0])) <= RTOL, f"loss, D={d_in + 1}: batched vs token-by-token, rtol 1e-12"
+    assert _tree_rel_err(fast[1], ref[1]) <= RTOL, f"gradients, D={d_in + 1}: batched vs token-by-token, rtol 1e-12"
+
+
+def test_auto_sampler_rule():
+    # The peers' configurations: fewer threefry blocks with the Wishart draws.
+    for d, N in ((10, 10), (5, 20), (20, 40)):
+        cfg = TrainConfig(d_in=d, n_demos=N)
+        assert sampler_blocks(cfg, "wishart") < sampler_blocks(cfg, "tokens")
+        assert resolve_sampler(cfg, "batched") == "wishart"
+    # d = 20, N = 4: 120 token values against 146 blocks of Bartlett draws: tokens.
+    cfg = TrainConfig(d_in=20, n_demos=4)
+    assert (sampler_blocks(cfg, "tokens"), sampler_blocks(cfg, "wishart")) == (120.0, 146.0)
+    assert resolve_sampler(cfg, "batched") == "tokens"
+    # Paths that read tokens, a batch for every path (None), models that read tokens, the causal mask.
+    cfg = TrainConfig(d_in=5, n_demos=20)
+    assert [resolve_sampler(cfg, p) for p in ("gram", "tokens", None)] == ["tokens"] * 3
+    assert resolve_sampler(TrainConfig(mask="causal"), "batched") == "tokens"
+    assert resolve_sampler(TrainConfig(model="softmax", d_in=3, n_demos=6, width=8, n_heads=2), "batched") == "tokens"
+    # An explicit sampler is kept.
+    assert resolve_sampler(dataclasses.replace(cfg, sampler="tokens"), "batched") == "tokens"
+    assert TrainConfig().sampler == "auto"
+    with pytest.raises(ValueError, match="sampler must be 'tokens' or 'wishart'"):
+        sampler_blocks(cfg, "auto")
+
+
+def test_default_step_trains_on_wishart_draws_and_the_token_paths_still_run():
+    cfg = TrainConfig(d_in=3, n_demos=6, n_layers=2, batch_size=8, steps=4, warmup_steps=1, dtype="float64")
+    key = jax.random.fold_in(seed_keys(cfg)[1][0], 1)
+    b_default = jax.jit(lambda k: sample_batch(cfg, k, 1, "batched"))(key)
+    b_wishart = jax.jit(lambda k: sample_batch(dataclasses.replace(cfg, sampler="wishart"), k, 1))(key)
+    assert b_default.H is None, "auto on the batched path: no tokens drawn"
+    np.testing.assert_array_equal(np.asarray(b_default.gram), np.asarray(b_wishart.gram),
+                                  err_msg="auto == wishart draws here, bitwise")
+    assert jax.jit(lambda k: sample_batch(cfg, k, 1))(key).H is not None, "path=None: a batch with tokens"
+    state = init_state(cfg)
+    args = (state.params, state.opt_state, seed_keys(cfg)[1], jnp.int32(1), jnp.full((1, 2), -1, jnp.int32))
+    loss_default = make_train_step(cfg)(*args)[2]
+    loss_wishart = make_train_step(dataclasses.replace(cfg, sampler="wishart"))(*args)[2]
+    np.testing.assert_array_equal(np.asarray(loss_default), np.asarray(loss_wishart), err_msg="same step, bitwise")
+    loss_tokens = make_train_step(cfg, "tokens")(*args)[2]  # auto resolves to tokens for the token path
+    loss_ref = make_train_step(dataclasses.replace(cfg, sampler="tokens"), "batched")(*args)[2]
+    assert float(rel_err(loss_tokens, loss_ref)) <= RTOL, "token path == batched path on the token draws"
+
+
+def test_auto_sampler_seed_index_draws_equal_one_seed_draws_and_reproduce():
+    """Under vmap over seeds (the step's seed axis) the Wishart draws, retry loop included, are
+    elementwise in the keys: seed index i == a one-seed draw from its key, bitwise."""
+    cfg = TrainConfig(d_in=3, n_demos=6, n_layers=1, batch_size=512, steps=4, warmup_steps=1, seed=3, seeds=3,
+                      dtype="float32")
+    keys = seed_keys(cfg)[1]
+    draw = jax.jit(jax.vmap(lambda k: sample_batch(cfg, jax.random.fold_in(k, 5), 5, "batched").gram))
+    together = np.asarray(draw(keys))
+    for i in range(3):
+        alone = np.asarray(jax.jit(lambda k: sample_batch(cfg, jax.random.fold_in(k, 5), 5, "batched").gram)(keys[i]))
+        np.testing.assert_array_equal(together[i], alone, err_msg=f"seed index {i}: vmapped vs alone, bitwise")
+    one = dataclasses.replace(cfg, seeds=1, steps=3)
+    a, b = train(one, quiet=True).state, train(one, quiet=True).state
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg="same config, same numbers (bitwise)")
