@@ -19,7 +19,7 @@ from lintrans.numerics import einsum
 from lintrans.params import LinearAttentionParams
 
 __all__ = ["demo_gram", "attention_scale", "linear_query_predict", "linear_predict_batch", "linear_predict_gram",
-           "batch_matmul", "TINY_MATMUL_MAX_DIM"]
+           "batch_matmul", "TINY_MATMUL_MAX_DIM", "FORWARD_FUSED_MAX_DIM"]
 
 #: Batched products ``(B, I, J) @ (B, J, K)`` with ``J ≤`` this are written as ``J`` fused
 #: multiply-adds instead of a batched GEMM (:func:`batch_matmul`). Why, measured on the 2-core CPU
@@ -30,6 +30,11 @@ __all__ = ["demo_gram", "attention_scale", "linear_query_predict", "linear_predi
 #: (41 → 55 ms; ``D = 11``: 43 → 60 ms; ``D = 21``, ``B = 256``: 20 → 24 ms): the fused form costs
 #: ``J`` passes over the output. Hence the crossover at 8.
 TINY_MATMUL_MAX_DIM = 8
+#: The same crossover for products that are not differentiated (the samplers): forward alone, the
+#: fused form was faster at every size measured (issue 14, under load): ``RᵀR`` of ``(B, D, D)``
+#: triangular factors 6.2 → 0.46 ms (``B = 4000, D = 6``), 4.2 → 0.56 ms (``2048, 11``),
+#: 1.0 → 0.57 ms (``256, 21``). Not measured beyond 21; the cost grows as ``J`` passes.
+FORWARD_FUSED_MAX_DIM = 24
 
 
 def _fused_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -56,15 +61,16 @@ def _tiny_matmul_bwd(res, g):
 _tiny_matmul.defvjp(_tiny_matmul_fwd, _tiny_matmul_bwd)
 
 
-def batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+def batch_matmul(a: jax.Array, b: jax.Array, *, differentiated: bool = True) -> jax.Array:
     """``a @ b`` for every prompt: ``(B, I, J) @ (B, J, K) -> (B, I, K)``, the same product either way.
 
-    ``J ≤`` :data:`TINY_MATMUL_MAX_DIM`: ``J`` fused multiply-adds (with a matching custom
+    ``J ≤`` :data:`TINY_MATMUL_MAX_DIM` (``differentiated=False``, a product no gradient flows
+    through: :data:`FORWARD_FUSED_MAX_DIM`): ``J`` fused multiply-adds (with a matching custom
     gradient); otherwise a full-precision batched einsum. The two differ by summation order only.
     """
     if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(f"batch_matmul needs (B, I, J) and (B, J, K), got {a.shape} and {b.shape}")
-    if a.shape[2] <= TINY_MATMUL_MAX_DIM:
+    if a.shape[2] <= (TINY_MATMUL_MAX_DIM if differentiated else FORWARD_FUSED_MAX_DIM):
         return _tiny_matmul(a, b)
     return einsum("bij,bjk->bik", a, b)
 

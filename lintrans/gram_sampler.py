@@ -16,8 +16,9 @@ Under the ``demos`` mask the linear model sees a prompt only through ``S = Σ_{i
   other columns are again i.i.d. Gaussian, which gives the first row and a ``(k−1) × (D−1)``
   Gaussian matrix for the rest.)
 
-So ``S = F Fᵀ`` with ``F = A B Rᵀ``: ``D(D−1)/2`` normals (the strict upper triangle only) and
-``D`` chi variates per prompt, and two ``D × D`` products, whatever ``k`` is. Same law as the token
+So ``S = T (RᵀR) Tᵀ`` with ``T = A B``: ``D(D−1)/2`` normals (the strict upper triangle only) and
+``D`` chi variates per prompt, one ``D × D`` product per prompt (``RᵀR``; ``T``'s blocks are the
+shared ``C`` and the vector ``w``), whatever ``k`` is. Same law as the token
 sampler, different draws: a run with ``sampler="wishart"`` is reproducible from its seed but not
 equal draw for draw to a run with ``sampler="tokens"`` (and, since issue 14, not to a wishart run
 of earlier versions, which drew a full ``D × D`` normal array and used ``jax.random.gamma``).
@@ -201,7 +202,7 @@ def sample_linear_gram(
     """Draw ``n_prompts`` regression prompts' ``(S, h_q, y_q)`` with the law of :func:`lintrans.tasks.sample_linear`.
 
     Symbols → code: ``k`` → ``n_true`` (or ``n_demos``), ``C`` → ``cov_sqrt``, ``σ`` →
-    ``noise_std``, ``R`` → ``R``, ``F = A B Rᵀ`` → ``F`` (module docstring).
+    ``noise_std``, ``R`` → ``R``, ``RᵀR`` → ``G`` (module docstring).
 
     Args:
       key: JAX PRNG key (split into a draw key and a chi-retry key; none is reused).
@@ -244,19 +245,30 @@ def sample_linear_gram(
     j = jnp.arange(D)
     present = j[None, :] < k[:, None]  # (B, D)
     chi = chi_variates(k_retry, jnp.maximum(k[:, None] - j[None, :], 0), z_chi, u)
-    # strict upper triangle from the normals (a gather from fixed indices; index n_up is a zero)
-    iu, ju = np.triu_indices(D, 1)
-    where = np.full((D, D), n_up)
-    where[iu, ju] = np.arange(n_up)
-    R = jnp.concatenate([upper, jnp.zeros((B, 1), dtype)], axis=1)[:, where]
-    R = jnp.where(present[:, :, None], R, 0) + jnp.eye(D, dtype=dtype) * chi[:, :, None]
+    # Row j: j zeros, the chi variate, the row's D−1−j upper-triangle normals (static slices and
+    # concatenations, which XLA fuses; a gather from an index map was measured slower).
+    rows, off = [], 0
+    for row in range(D):
+        width = D - 1 - row
+        rows.append(jnp.concatenate([jnp.zeros((B, row), dtype), chi[:, row:row + 1],
+                                     jnp.where(present[:, row:row + 1], upper[:, off:off + width], 0)], axis=1))
+        off += width
+    R = jnp.stack(rows, axis=1)
 
-    # F = A B Rᵀ, B = diag(C, σ): rows 0..d−1 are C (Rᵀ)[:d], row d is wᵀ(those rows) + σ (Rᵀ)[d].
-    Rt = jnp.swapaxes(R, 1, 2)
-    Fx = Rt[:, :d, :] if cov_sqrt is None else einsum("ij,bjl->bil", jnp.asarray(cov_sqrt, dtype), Rt[:, :d, :])
-    Fy = einsum("bi,bil->bl", w, Fx) + noise_std * Rt[:, d, :]
-    F = jnp.concatenate([Fx, Fy[:, None, :]], axis=1)
-    gram = batch_matmul(F, jnp.swapaxes(F, 1, 2))
+    # S = T (RᵀR) Tᵀ with T = A B = [[C, 0], [wᵀC, σ]]: one per-prompt product G = RᵀR, then blocks
+    # (shared C: plain matrix products; w: matrix-vector products):
+    # S_xx = C G_zz Cᵀ, S_xy = S_xx w + σ C G_zε, S_yy = wᵀ S_xx w + 2σ wᵀ C G_zε + σ² G_εε.
+    G = batch_matmul(jnp.swapaxes(R, 1, 2), R, differentiated=False)
+    s_xx, g_ze, g_ee = G[:, :d, :d], G[:, :d, d], G[:, d, d]
+    if cov_sqrt is not None:
+        c = jnp.asarray(cov_sqrt, dtype)
+        s_xx = einsum("ij,bjk,lk->bil", c, s_xx, c)
+        g_ze = einsum("ij,bj->bi", c, g_ze)
+    s_xw = einsum("bij,bj->bi", s_xx, w)
+    s_xy = s_xw + noise_std * g_ze
+    s_yy = einsum("bi,bi->b", w, s_xw + 2 * noise_std * g_ze) + noise_std**2 * g_ee
+    gram = jnp.concatenate([jnp.concatenate([s_xx, s_xy[:, :, None]], axis=2),
+                            jnp.concatenate([s_xy, s_yy[:, None]], axis=1)[:, None, :]], axis=1)
 
     if cov_sqrt is not None:
         x_q = einsum("bj,ij->bi", x_q, jnp.asarray(cov_sqrt, dtype))
