@@ -35,8 +35,9 @@ Keys (:mod:`lintrans.train_state`). Seed ``i`` of a run (0-based) has seed value
 root key ``PRNGKey(seed + i)``; its init key is ``fold_in(root, 0)`` and its data key
 ``fold_in(root, 1)``. What this gives, exactly: seed index ``i`` of a run with ``seed = a`` starts
 from bitwise the same parameters as a one-seed run with ``seed = a + i`` and is trained on bitwise
-the same prompts (the sampler is elementwise in the keys). The trajectories agree to rounding, not
-bitwise: the step vmaps the seeds, and XLA compiles the seed-batched matrix products and reductions
+the same prompts (the sampler is elementwise in the keys; with Wishart draws the draws are the
+same, the Gram matrix and label computed from them agree to rounding). The trajectories agree to
+rounding, not bitwise: the step vmaps the seeds, and XLA compiles the seed-batched matrix products and reductions
 differently from the one-seed ones, so the summation order differs; training can amplify the
 difference (the float64 test bounds it at 1e-12 after 30 steps; float32 runs were reported 1e-4
 apart after 3000 steps). Bitwise: the same config gives the same numbers. Test and validation

@@ -115,15 +115,24 @@ def test_default_step_trains_on_wishart_draws_and_the_token_paths_still_run():
 
 def test_auto_sampler_seed_index_draws_equal_one_seed_draws_and_reproduce():
     """Under vmap over seeds (the step's seed axis) the Wishart draws, retry loop included, are
-    elementwise in the keys: seed index i == a one-seed draw from its key, bitwise."""
+    elementwise in the keys: seed index i == a one-seed draw from its key — the query (a draw)
+    bitwise, the Gram matrix and the label (products of draws, compiled differently under vmap) to
+    rounding, float64 rtol 1e-12."""
     cfg = TrainConfig(d_in=3, n_demos=6, n_layers=1, batch_size=512, steps=4, warmup_steps=1, seed=3, seeds=3,
-                      dtype="float32")
+                      dtype="float64")
     keys = seed_keys(cfg)[1]
-    draw = jax.jit(jax.vmap(lambda k: sample_batch(cfg, jax.random.fold_in(k, 5), 5, "batched").gram))
-    together = np.asarray(draw(keys))
+
+    def draw(k):
+        b = sample_batch(cfg, jax.random.fold_in(k, 5), 5, "batched")
+        return b.gram, b.query, b.targets
+
+    together = jax.jit(jax.vmap(draw))(keys)
     for i in range(3):
-        alone = np.asarray(jax.jit(lambda k: sample_batch(cfg, jax.random.fold_in(k, 5), 5, "batched").gram)(keys[i]))
-        np.testing.assert_array_equal(together[i], alone, err_msg=f"seed index {i}: vmapped vs alone, bitwise")
+        alone = jax.jit(draw)(keys[i])
+        np.testing.assert_array_equal(np.asarray(together[1])[i], np.asarray(alone[1]),
+                                      err_msg=f"seed index {i}: query (drawn), bitwise")
+        for name, a, b in zip(("Gram matrix", "label"), (together[0], together[2]), (alone[0], alone[2])):
+            assert float(rel_err(a[i], b)) <= RTOL, f"seed index {i}: {name} (computed), rtol 1e-12"
     one = dataclasses.replace(cfg, seeds=1, steps=3)
     a, b = train(one, quiet=True).state, train(one, quiet=True).state
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
