@@ -20,8 +20,8 @@ variant alike:
   the step's argument and result pytrees and no work: dispatch plus output buffers, the most that
   several steps per compiled call or buffer donation could save per step).
 
-Levers measured and not taken (issue 14): ``overhead`` was 0.08–0.15 ms against steps of 4–35 ms
-(≤ 1.5 % at every configuration, under load), so neither a ``lax.scan`` over several steps per call
+Levers measured and not taken (issue 14): ``overhead`` was 0.08–0.24 ms against steps of 7–35 ms
+(≤ 1.5 % of the step at every configuration, two runs under load), so neither a ``lax.scan`` over several steps per call
 nor donating the parameters' and optimizer state's buffers (a few kB at these sizes) can buy more
 than that; the training loop keeps one step per call, with no host round-trip between log steps.
 
