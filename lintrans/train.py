@@ -63,7 +63,7 @@ demonstrations: zeroed for the linear model (true count in the scale, as above);
 model the loss is restricted to positions ``j ≤ n_active``, which under the causal mask is exactly
 training on prompts truncated to ``n_active + 1`` points. Shapes stay fixed: one compilation.
 
-NaN guard. Each step reports, per seed, whether the loss and the new weights are finite; the first
+NaN guard. Each step reports, per seed, whether the loss and the new weights and optimizer state are finite; the first
 step where either is not is kept on the device and read at every log or checkpoint step. A
 non-finite value stops the run with :class:`TrainingDivergedError` naming the step, the seed and
 the quantity; no checkpoint is written at or after that step, so the last good one stays intact.
@@ -286,7 +286,7 @@ def make_train_step(config: TrainConfig, path: str = "batched", mesh=None) -> Ca
     ``step_fn(params, opt_state, data_keys, step, bad) -> (params, opt_state, loss, grad_norm, bad)``:
     ``params``/``opt_state`` carry the seed axis ``S``; ``data_keys (S, 2)``; ``step`` the 1-based
     step number (an int32 array, so no recompilation); ``bad (S, 2)`` int32, the first step at which
-    ``[loss, weights]`` were non-finite (``-1``: never), updated here. ``loss, grad_norm (S,)``.
+    ``[loss, weights or optimizer state]`` were non-finite (``-1``: never), updated here. ``loss, grad_norm (S,)``.
     ``mesh``: split each batch over the devices of a :mod:`lintrans.sharding` mesh (data
     parallelism; the batch size must be divisible by the device count); ``None``: one device.
     """
@@ -308,7 +308,9 @@ def _cached_train_step(config: TrainConfig, path: str, mesh=None) -> Callable:
         loss, grads = jax.value_and_grad(loss_fn)(params, data_key, step)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        finite = jnp.stack([jnp.isfinite(loss), _all_finite(params)])
+        # The optimizer state too: Adam's second moment can overflow a step before the weights do,
+        # and a checkpoint holding it could not be loaded (checkpoint validation refuses it).
+        finite = jnp.stack([jnp.isfinite(loss), _all_finite((params, opt_state))])
         return params, opt_state, loss, _tree_norm(grads), finite
 
     def step_fn(params, opt_state, data_keys, step, bad):
@@ -349,7 +351,7 @@ def _raise_if_bad(bad: np.ndarray, config: TrainConfig, last_ckpt: int | None, r
     steps = np.where(bad >= 0, bad, np.iinfo(np.int64).max)
     seed_idx, what = np.unravel_index(np.argmin(steps), steps.shape)
     step = int(steps[seed_idx, what])
-    quantity = "loss" if what == 0 else "weights"
+    quantity = "loss" if what == 0 else "weights or optimizer state"
     where = (f"last good checkpoint: step {last_ckpt} in {run_dir}" if last_ckpt is not None
              else "no checkpoint was written")
     raise TrainingDivergedError(
