@@ -21,7 +21,8 @@ from lintrans.sharding import make_mesh, shard_batch
 
 def _run_simulated(code: str, n_devices: int = 4) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    # Kept: the suite's compile flags (tests/conftest.py); added: the simulated device count.
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n_devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
