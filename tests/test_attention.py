@@ -124,6 +124,7 @@ def test_hand_case_matches_naive_reference():
     mask=st.sampled_from(["demos", "causal"]),
     scale=st.sampled_from(["1", "1/N"]),
 )
+@pytest.mark.slow
 def test_delta_w_form_equals_naive_attention_matrix(seed, d_in, d_out, N, L, mask, scale):
     params, H = make(seed, L, d_in, N, init_scale=0.3 * N ** (-1 / 3), d_out=d_out)
     states = jax.jit(lambda p, h: forward_states(p, h, mask=mask, scale=scale))(params, H)
@@ -249,6 +250,7 @@ def test_nonfinite_detection_finite_and_input():
     assert int(layer) == 0, "a non-finite input prompt is reported as layer 0"
 
 
+@pytest.mark.slow
 def test_float32_stays_float32_under_x64():
     """x64 is on in the tests: samplers and the forward pass must keep float32 inputs float32
     (an np.float64 scalar would silently promote them)."""

@@ -26,6 +26,7 @@ def bench():
     return mod
 
 
+@pytest.mark.slow
 def test_small_run_writes_results(bench, tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert bench.main(["--small", "--repeats", "2", "--quiet", "--json", str(path)]) == 0

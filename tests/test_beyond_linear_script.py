@@ -70,6 +70,7 @@ def test_bad_flags(flags, message, tmp_path, capsys):
     assert not (tmp_path / "res" / "beyond_linear.json").exists()
 
 
+@pytest.mark.slow
 def test_bad_flag_as_a_program(tmp_path):
     """As a program: exit status 2, one `error: …` line, no traceback."""
     proc = subprocess.run([sys.executable, str(SCRIPT), "--n-points", "4", "--results-dir", str(tmp_path / "res")],

@@ -62,6 +62,7 @@ def _rel(a, b):
 # ----------------------------------------------------------------------------- contributions, C_t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["demos", "causal"])
 def test_contributions_sum_to_G_and_gradients_average_to_vec_G(mask):
     params, batch = _setup()
@@ -98,6 +99,7 @@ def test_C_t_matches_monte_carlo_covariance_of_the_mean_of_b_draws_without_repla
     assert _rel(noise_covariance(g, b), mc) <= 0.05, "C_t vs Monte Carlo (n = 40000, tol 0.05)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d_in, noise, predicted", [(3, 0.0, 6), (3, 0.5, 10), (2, 0.5, 6)])
 def test_rank_of_C_t_and_G_t_in_its_support(d_in, noise, predicted):
     """rank C_t = d_in(d_in+1)/2 noiseless, D(D+1)/2 with label noise (N = 24 > both); vec G_t ∈ supp C_t."""
@@ -108,6 +110,7 @@ def test_rank_of_C_t_and_G_t_in_its_support(d_in, noise, predicted):
     assert np.all(np.asarray(stats.support_residual) <= 1e-10), "vec G_t lies in the support of C_t (residual ≤ 1e-10)"
 
 
+@pytest.mark.slow
 def test_fast_factored_path_equals_direct_eigh_path():
     params, batch = _setup(noise=0.3)
     direct, W_direct = _stats(params, batch, 8)
@@ -134,6 +137,7 @@ def test_fast_factored_path_equals_direct_eigh_path():
 # ----------------------------------------------------------------------------- bound forms
 
 
+@pytest.mark.slow
 def test_summands_nonnegative_in_every_form_including_pruned_models():
     for noise, xi, target in [(0.0, 0.0, "attn"), (0.5, 0.5, "V"), (0.0, 0.75, "K"), (0.5, 0.9, "attn")]:
         params, batch = _setup(noise=noise, seed=3)
@@ -221,6 +225,7 @@ def test_support_form_is_infinite_with_reason_when_G_leaves_the_support():
 # ----------------------------------------------------------------------------- risks
 
 
+@pytest.mark.slow
 def test_risks_closed_form_monte_carlo_and_prediction():
     params, batch = _setup(noise=0.4)
     rk = bound.risks(params, batch, noise_std=0.4, scale="1/N")

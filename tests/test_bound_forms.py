@@ -38,6 +38,7 @@ _stats = jax.jit(prompt_stats, static_argnames=("b", "mask", "scale", "method"))
 # ----------------------------------------------------------------------------- the registry
 
 
+@pytest.mark.slow
 def test_registry_describes_every_form_and_only_finite_continuous_ones_are_reported():
     assert set(REPORTED) == {n for n, f in FORMS.items() if f.finite and f.continuous} == {"printed_ridge", "proof_ridge"}
     assert THE_BOUND in REPORTED and bound_forms.EPS_DEFAULT in bound_forms.EPS_GRID
@@ -153,6 +154,7 @@ def test_rank_of_C_t_beside_its_structural_bound_in_every_case(method):
 # ----------------------------------------------------------------------------- the public entry point
 
 
+@pytest.mark.slow
 def test_theorem2_bound_agrees_across_paths_vmaps_over_models_and_matches_the_formula():
     params, H = _generic(seed=9), _prompts(jax.random.PRNGKey(10))
     out = _bound(params, H)

@@ -38,6 +38,7 @@ def _leaves_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "softmax"])
 def test_round_trip_is_bitwise_and_atomic(tmp_path, kind):
     cfg = TrainConfig(**(TINY if kind == "linear" else SOFTMAX), seeds=2)
@@ -152,6 +153,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     cfg = TrainConfig(**TINY)
     run = tmp_path / "run"

@@ -159,6 +159,7 @@ def test_check_size():
         cli.check_size(2**30, "prompts", itemsize=8, copies=10**3)
 
 
+@pytest.mark.slow
 def test_command_prints_one_line_for_os_and_oom_errors(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(textwrap.dedent("""

@@ -379,6 +379,7 @@ REPRESENTATIVE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=lambda c: f"{c[0]} {' '.join(c[1])}")
 def test_representative_cases_as_plain_subprocesses(case, inputs, tmp_path):
     script, argv, match, _ = case

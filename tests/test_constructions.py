@@ -105,18 +105,21 @@ def prompt(seed, N, d_in):
     return sample_linear(jax.random.PRNGKey(seed), 1, N, d_in, noise_std=0.1, dtype=jnp.float64).H[0]
 
 
+@pytest.mark.slow
 def test_one_step():
     H = prompt(0, 10, 4)
     X_s, _, _ = split_prompt(H)
     check_construction(H, stable_etas(X_s, [0.7]))
 
 
+@pytest.mark.slow
 def test_l_steps_same_eta():
     H = prompt(1, 12, 5)
     X_s, _, _ = split_prompt(H)
     check_construction(H, stable_etas(X_s, [0.5] * 8))
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), fractions=st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6))
 def test_per_layer_eta(seed, fractions):
@@ -126,6 +129,7 @@ def test_per_layer_eta(seed, fractions):
     check_construction(H, stable_etas(X_s, fractions))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("N,d_in", [(1, 1), (2, 8), (30, 3)])
 def test_sizes_including_underdetermined(N, d_in):
     """N = 1 (one demonstration), N < d_in (GD converges to an interpolant: residuals → 0) and N ≫ d_in."""

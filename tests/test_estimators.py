@@ -110,6 +110,7 @@ def test_averaging_hand_case():
     assert float(E.averaging(X[:0], y[:0], jnp.array([1.0, 1.0]))) == 0.0, "N = 0 → 0"
 
 
+@pytest.mark.slow
 def test_knn3_hand_cases():
     X = jnp.array([[0.0], [1.0], [2.0], [10.0], [-5.0]])
     y = jnp.array([1.0, 2.0, 4.0, 100.0, -100.0])
@@ -268,6 +269,7 @@ def test_optimal_error_reference_value():
         E.gd_one_step_optimal_eta(4, 2, noise_std=-1.0)
 
 
+@pytest.mark.slow
 def test_tune_gd_eta():
     key = jax.random.PRNGKey(7)
     N, d, B = 10, 5, 1024

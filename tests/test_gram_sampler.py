@@ -33,6 +33,7 @@ def _sigma_u(noise_std, cov_sqrt=C, w=W):
     return A @ Bm @ Bm.T @ A.T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [6, 2])
 def test_wishart_moments_match_exact_formulas(k):
     g = jax.jit(lambda key: sample_linear_gram(
@@ -50,6 +51,7 @@ def test_wishart_moments_match_exact_formulas(k):
     np.testing.assert_allclose(S, np.swapaxes(S, 1, 2), rtol=0, atol=1e-12, err_msg="S symmetric")
 
 
+@pytest.mark.slow
 def test_same_law_as_token_sampler_marginal_over_w():
     # w drawn inside both samplers: compare the mean and spread of every entry of S.
     k_g, k_t = jax.random.split(jax.random.PRNGKey(1))
@@ -63,6 +65,7 @@ def test_same_law_as_token_sampler_marginal_over_w():
     np.testing.assert_allclose(S1.std(0), S2.std(0), rtol=0.1, err_msg="sd of S entries, rtol 10 %")
 
 
+@pytest.mark.slow
 def test_rank_zero_demonstrations_and_query():
     n_true = jnp.array([0, 1, 2, 3, 6])
     g = sample_linear_gram(jax.random.PRNGKey(2), 5, N, D_IN, n_true=n_true, noise_std=0.0, dtype=F64)
@@ -80,6 +83,7 @@ def test_rank_zero_demonstrations_and_query():
                                rtol=1e-12, err_msg="y_q = wᵀx_q (noiseless)")
 
 
+@pytest.mark.slow
 def test_deterministic_and_validated():
     f = jax.jit(lambda key: sample_linear_gram(key, 8, N, D_IN, noise_std=0.1, dtype=F64))
     a, b = f(jax.random.PRNGKey(3)), f(jax.random.PRNGKey(3))
@@ -97,6 +101,7 @@ def test_deterministic_and_validated():
         sample_linear_gram(jax.random.PRNGKey(0), 4, N, D_IN, w=jnp.ones((4, 2)))
 
 
+@pytest.mark.slow
 def test_gram_of_token_batch_equals_token_gram():
     # The token sampler's Gram (computed from the draws, zeroed demonstrations left out) is the
     # H_s H_sᵀ of its token array, so the batched path reads the same prompt either way.
@@ -113,6 +118,7 @@ def test_gram_of_token_batch_equals_token_gram():
                                err_msg="loss via (gram, query) = loss via the token array, rtol 1e-12")
 
 
+@pytest.mark.slow
 def test_training_with_wishart_sampler_learns_and_matches_token_training():
     # Same model and optimizer; only the sampler differs. Both reach the same test error band.
     out = {}
@@ -136,6 +142,7 @@ def test_training_with_wishart_sampler_learns_and_matches_token_training():
     assert abs(out["tokens"] - out["wishart"]) < 0.02, f"the two samplers train alike: {out}"
 
 
+@pytest.mark.slow
 def test_wishart_sampler_errors():
     with pytest.raises(ValueError, match="sampler must be one of"):
         TrainConfig(sampler="bartlett")
@@ -151,6 +158,7 @@ def test_wishart_sampler_errors():
         batch_loss(cfg, p, batch, path="tokens")
 
 
+@pytest.mark.slow
 def test_wishart_batch_with_curriculum_and_variable_k():
     # Curriculum: inactive input coordinates are zero, so their rows and columns of S vanish;
     # zeroed demonstrations: rank S ≤ k (noiseless: min(k, d_active)).
@@ -171,6 +179,7 @@ def test_wishart_batch_with_curriculum_and_variable_k():
 # --- the cheap exact draws (issue 14) ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_words_and_transforms_are_jax_random_on_the_same_bits():
     # random_words: the threefry2x32 counter stream (jax.extend.random.threefry_2x32), two words a block.
     from jax.extend.random import threefry_2x32
@@ -194,6 +203,7 @@ def test_words_and_transforms_are_jax_random_on_the_same_bits():
         normals_from_words(bits32, jnp.float16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forced_retry", [False, True])
 def test_chi_variates_have_the_chi_law(forced_retry):
     """E χ² = ν, Var χ² = 2ν (5 standard errors / 6 %), and for ν = 2 the CDF 1 − e^{−t/2} at three

@@ -56,6 +56,7 @@ LINEAR_ARGS = ["--model", "linear", "--layers", "1", "--d-in", "3", "--n-demos",
                "--test-prompts", "4096", "--tune-prompts", "256", "--dtype", "float64", "--quiet"]
 
 
+@pytest.mark.slow
 def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_icl.main([*LINEAR_ARGS, "--out", str(out)]) == 0
@@ -155,6 +156,7 @@ def test_closest_estimator_ties_are_joined_not_flipped():
     assert closest_estimators([y], {"a": [a], "a2": [a2], "far": [far]}, 1) == ["a≈a2"]
 
 
+@pytest.mark.slow
 def test_bench_naive_training_loss_equals_library_float64():
     """The benchmark's naive attention-matrix loss and its gradient equal the library's (float64)."""
     _load("benchmark")  # registers _bench_util and bench_core, which bench_training imports
@@ -191,6 +193,7 @@ def test_icl_curves_bad_value_exits_2(icl_curves, capsys):
     assert info.value.code == 2 and "--eval-prompts must be ≥ 1000" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_flags_exit_2_without_traceback(tmp_path, capsys):
     for script, argv in (("train_icl.py", ["--out", str(tmp_path / "r"), "--layers", "0"]),
                          ("icl_curves.py", ["--depths", "1,x"])):

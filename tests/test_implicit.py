@@ -45,6 +45,7 @@ def test_linear_attention_is_exactly_affine_and_theorem1(scale):
     assert float(jnp.max(jax.vmap(rel_err)(rep.w_eff, W[:, :, -1, :d]))) <= 1e-12
 
 
+@pytest.mark.slow
 def test_hand_checked_jacobian():
     """One GD-construction layer, d = 1, N = 1, s = 1, ρ = −1, W_K = W_Q = I_1 ⊕ 0, W_V = 0 ⊕ (−η).
     Demonstration (a, b) = (2, 3), η = 0.1: ΔW = W_V h₁ (W_K h₁)ᵀ W_Q = [[0, 0], [−η b a, 0]],
@@ -59,6 +60,7 @@ def test_hand_checked_jacobian():
     assert abs(float(I.implicit_weight(f, p, H)[0]) - 0.6) <= 1e-15
 
 
+@pytest.mark.slow
 def test_hand_checked_jacobian_of_an_mlp_layer():
     """A layer with W_V = 0 (no attention) and a one-unit MLP: h ↦ h + w_out gelu(w_inᵀh + b) + b_out,
     so ∂h¹/∂h⁰ − I = w_out gelu'(z) w_inᵀ, z = w_inᵀh + b, with the tanh-GELU derivative written out."""
@@ -113,6 +115,7 @@ def test_probes_on_an_mlp_model_equal_finite_differences():
     assert float(jnp.min(aff)) > 1e-4
 
 
+@pytest.mark.slow
 def test_perturbations_scale_with_the_data():
     """δ_1 = 0; the perturbations' RMS coordinate is radius · σ_x up to sampling (σ_x: the demonstrations'
     RMS coordinate); rescaling the prompt's inputs rescales them; the same key gives the same set."""
@@ -128,6 +131,7 @@ def test_perturbations_scale_with_the_data():
     assert bool(jnp.all(I.perturbations(jax.random.PRNGKey(0), H, 400, 0.5) == X))
 
 
+@pytest.mark.slow
 def test_affinity_of_non_affine_and_constant_maps():
     """ŷ = x₁² is not affine on a symmetric set (residual ≫ 0); a constant map gives 0 (not 0/0)."""
     H = _prompts(1).H[0]
@@ -153,6 +157,7 @@ def test_reference_weights():
     assert abs(float(cos) + 1) <= 1e-15 and abs(float(dist) - 2) <= 1e-15
 
 
+@pytest.mark.slow
 def test_bad_inputs():
     v = V.get_variant("linear_attn")
     p = V.init_variant(jax.random.PRNGKey(0), v, 1, D, dtype=jnp.float64)

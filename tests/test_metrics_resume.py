@@ -52,6 +52,7 @@ def _stop_at(step):
     ("on_log", 35, [0, 7, 14, 21, 28]),      # after the metrics line of 35, before checkpoint 35
     ("on_checkpoint", 35, [0, 7, 14, 21, 28, 35]),  # after a checkpoint on a log step
 ])
+@pytest.mark.slow
 def test_resume_reproduces_the_metrics_file(tmp_path, straight, where, step, ckpts):
     run = tmp_path / "run"
     with pytest.raises(_Stop):
@@ -62,6 +63,7 @@ def test_resume_reproduces_the_metrics_file(tmp_path, straight, where, step, ckp
     assert _untimed(run) == straight, "metrics after resume == uninterrupted run (timing fields aside)"
 
 
+@pytest.mark.slow
 def test_first_record_after_resume_averages_the_same_steps(tmp_path, straight):
     """Resume from checkpoint 7 (pending losses of steps 6, 7): record 10 averages steps 6..10."""
     run = tmp_path / "run"

@@ -48,6 +48,7 @@ def test_training_code_never_compares_model_names():
     assert hits == [], f"model-name comparisons in the library: {hits}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.MODELS)
 def test_every_model_honours_the_interface(name, tmp_path):
     spec = models.get(name)
@@ -91,6 +92,7 @@ def test_every_model_honours_the_interface(name, tmp_path):
         spec.load_params(path, wrong)
 
 
+@pytest.mark.slow
 def test_a_new_registry_entry_trains_with_the_existing_loop(monkeypatch):
     """A model added as one entry (here: linear attention with the readout sign flipped in its own
     functions) trains, checkpoints and predicts through the unchanged training code."""

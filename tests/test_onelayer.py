@@ -30,6 +30,7 @@ def _mc(params, task, scale, readout, key, n=40_000):
 @pytest.mark.parametrize("draw", [0, pytest.param(1, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("shift,scale,readout", [("none", "1", 1), ("noise=0.7,shots=3", "1/N", -1),
                                                  ("spectrum=2:1/4,x_scale=1.5", "1", 1)])
+@pytest.mark.slow
 def test_closed_form_matches_monte_carlo_within_3_se(draw, shift, scale, readout):
     """E(ŷ−y)²/d (closed form, exact) lies within 3 Monte-Carlo standard errors (4e4 prompts) at random weights."""
     params = _weights(jax.random.PRNGKey(draw))

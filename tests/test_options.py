@@ -21,6 +21,7 @@ def test_options_validate_and_scale():
         resolve_options(("demos", "1", 1))
 
 
+@pytest.mark.slow
 def test_options_equal_keywords(monkeypatch):
     key = jax.random.PRNGKey(0)
     params = init_params(key, 3, 4, 0.3)

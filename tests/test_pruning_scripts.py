@@ -51,6 +51,7 @@ def tiny_runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_pruning_phenomenon_script_smoke(tiny_runs, tmp_path):
     mod = load_script("pruning_phenomenon")
     out = tmp_path / "pp.json"
@@ -76,6 +77,7 @@ def test_pruning_phenomenon_script_smoke(tiny_runs, tmp_path):
     assert (tmp_path / "pruning_phenomenon.png").exists()
 
 
+@pytest.mark.slow
 def test_clip_search_script_smoke(tiny_runs, tmp_path, capsys):
     mod = load_script("clip_search")
     out = tmp_path / "cs.json"
@@ -120,6 +122,7 @@ def test_clip_search_script_bad_inputs(tiny_runs, tmp_path, which, extra, match,
     assert not (tmp_path / "x.json").exists(), "nothing written on bad input"
 
 
+@pytest.mark.slow
 def test_scripts_cli_error_exit_code(tiny_runs, tmp_path):
     """As a command: a checkpoint of the wrong model prints one `error:` line and exits 2."""
     import subprocess
@@ -132,6 +135,7 @@ def test_scripts_cli_error_exit_code(tiny_runs, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_default_run_is_trained_once_then_reused(tmp_path):
     """No --checkpoint: the script trains its default run into --runs-dir; a second call reuses it."""
     from lintrans.trained import default_config, default_models, run_name
@@ -157,6 +161,7 @@ def test_default_run_is_trained_once_then_reused(tmp_path):
 # ----------------------------------------------------------------------------- issues 12 and 15
 
 
+@pytest.mark.slow
 def test_checkpoint_uses_the_runs_own_seeds(tiny_runs, tmp_path):
     """A 2-seed run is evaluated on 2 seeds, each with its own weights: the unpruned error of seed s
     equals the error of seed s's parameters on the same prompts, computed directly (rtol 1e-12,
@@ -178,6 +183,7 @@ def test_checkpoint_uses_the_runs_own_seeds(tiny_runs, tmp_path):
     assert direct[0] != direct[1]
 
 
+@pytest.mark.slow
 def test_quick_preset_labels_its_files(tiny_runs, tmp_path, capsys):
     mod = load_script("clip_search")
     argv = ["--quick", "--checkpoint", str(tiny_runs["softmax"]), "--group", "attn", "--rates", "0,0.5",

@@ -1,5 +1,6 @@
 """The README's API example runs as printed and prints what the README says it prints."""
 
+import pytest
 import re
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_readme_api_example_runs_and_prints_the_stated_line(tmp_path):
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## The library in a few lines"):]

@@ -30,6 +30,7 @@ def _hold(run_dir):
     return child
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_with_the_holders_pid_and_a_killed_holder_never_blocks(tmp_path):
     run = tmp_path / "run"
     child = _hold(run)
@@ -52,6 +53,7 @@ def test_second_process_is_refused_with_the_holders_pid_and_a_killed_holder_neve
         assert holder(run) == os.getpid()
 
 
+@pytest.mark.slow
 def test_lock_is_reentrant_in_one_process_and_released_on_exit(tmp_path):
     run = tmp_path / "a" / "run"
     with run_lock(run):

@@ -149,6 +149,7 @@ def test_check_rates_sorts_and_validates():
 # ----------------------------------------------------------------------------- clipping
 
 
+@pytest.mark.slow
 def test_clip_search_selection_choice_and_report_on_a_hand_case():
     """κ per layer (4, 100, 2, 7), top_k 2 → layers 2, 4 → layer 4. The score is |tr W_K^4 − c|:
     W_K^4 = diag(7, 5, 3, 1) cut to r has trace 16, 15, 12, 7, 0 for r = 4..0, so c = 14.4 makes
@@ -175,6 +176,7 @@ def test_clip_search_selection_choice_and_report_on_a_hand_case():
     assert doc["layer"] == 4 and doc["xi_star"] == 0.1
 
 
+@pytest.mark.slow
 def test_clip_search_always_clips_the_original_weights():
     """A score_fn that records every weight it sees: each candidate is the ORIGINAL selected layer
     cut to that candidate's rank (rates given out of order), every other layer is the original
@@ -210,6 +212,7 @@ def test_clip_search_always_clips_the_original_weights():
         assert np.array_equal(np.asarray(getattr(p, f)), before[f]), f"input params.{f} untouched"
 
 
+@pytest.mark.slow
 def test_sweep_errors_matches_direct_clipping():
     p = small_params(seed=5, n_layers=3)
     fields = group_fields(p, "attn")
@@ -292,6 +295,7 @@ def test_prompt_mean_se_one_rule_for_one_prompt_and_nonfinite_rows():
     assert np.isnan(se1).all(), "one prompt: no spread estimate, never 0 (lintrans.stats' rule)"
 
 
+@pytest.mark.slow
 def test_clip_search_validates_the_rates_once(monkeypatch):
     """One clip_search call runs check_rates once and never re-validates them in choose_rate."""
     import lintrans.search as search

@@ -31,6 +31,7 @@ def _run_simulated(code: str, n_devices: int = 4) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_theorem1_sweep_equals_unsharded():
     out = _run_simulated(
         """
@@ -88,6 +89,7 @@ def test_single_device_mesh_and_errors():
         shard_batch(jnp.ones(()), mesh)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["tokens", "wishart"])
 def test_sharded_training_step_equals_single_device(sampler):
     out = _run_simulated(
@@ -126,6 +128,7 @@ def test_sharded_training_step_equals_single_device(sampler):
     assert out["params_replicated"], "parameters must stay replicated"
 
 
+@pytest.mark.slow
 def test_device_check_identity_errors_on_simulated_devices():
     # T1–T4 without T5 (lintrans.checks.identity_errors, what the device check reports) on a batch
     # split 4 ways stays LAPACK-free, so it cannot hit jaxlib 0.10's CPU LAPACK deadlock.

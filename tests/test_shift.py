@@ -63,6 +63,7 @@ def test_task_and_resolved_dict():
     np.testing.assert_allclose(spectrum_cov_sqrt(1, 3.0, 1.0), [[np.sqrt(3.0)]])
 
 
+@pytest.mark.slow
 def test_sampler_follows_the_shift():
     """Shapes and moments of shifted prompts: N' columns, Var x = c²λ, sparse w, noise in y_q (4000 prompts, 5 s.e.)."""
     key = jax.random.PRNGKey(0)

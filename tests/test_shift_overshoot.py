@@ -27,6 +27,7 @@ def _params():
     return LinearAttentionParams(w_k, jnp.eye(D)[None], w_v)
 
 
+@pytest.mark.slow
 def test_clipping_v_lowers_the_error_on_fewer_shots_only():
     """Closed form: at N shots clipping V to rank 1 hurts; at N/8 shots (overshoot, error > 1) it helps."""
     p = _params()

@@ -27,6 +27,7 @@ def _run(*args, timeout=900):
     (["--rates", "0,1.5"], "rates"),
     (["--targets", "W"], "targets"),
 ])
+@pytest.mark.slow
 def test_bad_flags_are_one_error_line_and_exit_2(args, match):
     r = _run(*args, "--quiet", "--results-dir", "/nonexistent-never-written")
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr

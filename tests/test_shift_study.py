@@ -32,6 +32,7 @@ def _sweep(measure, params, batch):
 
 @pytest.mark.parametrize("mask,scale,readout", [("demos", "1/N", 1),
                                                 pytest.param("causal", "1", -1, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_a_cell_equals_clipping_by_hand_and_scoring_directly(mask, scale, readout):
     """Every cell's per-prompt error, ‖G_t‖ and step equal truncate_params + attention.predict / trajectory (rtol 1e-10)."""
     params = _params()
@@ -61,6 +62,7 @@ def test_a_cell_equals_clipping_by_hand_and_scoring_directly(mask, scale, readou
             np.testing.assert_allclose(steps[s, c["point"]], w, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_pairing_same_prompts_for_pruned_and_unpruned():
     """Point 0 is the unpruned model on the same prompts; ξ = 0 cells are point 0; paired stats use them."""
     params = _params()

@@ -40,6 +40,7 @@ def noisy():
     return _sample(0, noise_std=SIGMA)
 
 
+@pytest.mark.slow
 def test_layout_and_exact_labels():
     batch, X, y, w = _sample(1)
     assert batch.H.shape == (B, D_IN + 1, N + 1) and batch.w.shape == (B, D_IN) and batch.y_query.shape == (B,)
@@ -95,6 +96,7 @@ def test_anisotropic_inputs():
     np.testing.assert_allclose(y, np.einsum("bnd,bd->bn", X, w), rtol=1e-12, atol=1e-12, err_msg="y = wᵀx")
 
 
+@pytest.mark.slow
 def test_keys_determinism_and_jit():
     a = sample_linear(jax.random.PRNGKey(5), 8, 3, 2, dtype=F64)
     b = sample_linear(jax.random.PRNGKey(5), 8, 3, 2, dtype=F64)

@@ -43,6 +43,7 @@ sizes = dict(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(**sizes, mask=st.sampled_from(["demos", "causal"]))
 def test_t1_to_t5(seed, d_in, d_out, N, L, c, scale, mask):
@@ -112,6 +113,7 @@ def test_trajectory_and_closed_form_t4_against_independent_numpy(scale):
     assert np.all(np.asarray(t4_closed_form(params, traj, s)) <= RTOL)
 
 
+@pytest.mark.slow
 def test_identities_detect_errors():
     """Each check is able to fail: T3/T4 under the causal mask (where they do not hold), T1 with
     a perturbed W, T5 with a rank above the bound."""
@@ -147,6 +149,7 @@ def test_t5_bound_is_attained_when_n_below_d():
     target=st.sampled_from(["w_k", "w_q", "w_v", "attn"]),
     data=st.data(),
 )
+@pytest.mark.slow
 def test_t6_locality(seed, d_in, d_out, N, L, c, scale, mask, target, data):
     """Truncating layer k (rate ξ = 0.5 via lintrans.pruning.truncate_matrix) leaves ΔW_t, G_t,
     W_t bitwise unchanged for t < k and changes every one with t ≥ k."""
@@ -181,6 +184,7 @@ def test_t6_rejects_bad_layer():
             t6_locality(traj, traj, k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["demos", "causal"])
 def test_identity_errors_are_check_theorem1_without_t5(mask):
     params, H = draw(3, 3, 4, 1, 7, 0.2, B=1)

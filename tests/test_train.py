@@ -49,6 +49,7 @@ def _tree_rel_err(a, b):
     return max(float(rel_err(x, y)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_fast_loss_and_gradients_equal_token_reference():
     """Training loss through the batched and Gram paths == token-by-token forward, gradients too (float64).
 
@@ -88,6 +89,7 @@ def _zeroed_vs_truncated(params, H):
     return jnp.stack(errs)
 
 
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**16))
 def test_zeroed_demonstrations_equal_truncated_prompt(seed):
@@ -102,6 +104,7 @@ def test_zeroed_demonstrations_equal_truncated_prompt(seed):
     assert errs.max() <= RTOL, f"zeroed vs truncated prompt: max rel. err {errs.max():.2e} > 1e-12"
 
 
+@pytest.mark.slow
 def test_zero_demonstration_contributes_nothing_to_delta_w():
     """A zero token adds nothing to ΔW_t, G_t, W_t at any layer and stays exactly zero."""
     d, N = 3, 5
@@ -142,6 +145,7 @@ def test_variable_k_draws_the_documented_range():
         assert np.all(H[i, :3, : n[i]] != 0)
 
 
+@pytest.mark.slow
 def test_softmax_curriculum_loss_equals_truncated_prompts():
     """Softmax model with n_active < N: the loss only sees positions 0..n_active == truncated prompts."""
     from lintrans.transformer import softmax_predict_all
@@ -163,6 +167,7 @@ def test_softmax_curriculum_loss_equals_truncated_prompts():
     assert float(rel_err(got, want)) <= RTOL, "softmax curriculum loss vs truncated prompts, rtol 1e-12"
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_equal_separate_runs_and_same_seed_same_numbers():
     cfg = TrainConfig(**TINY, seed=3, seeds=2)
     together = train(cfg, quiet=True).state
@@ -177,6 +182,7 @@ def test_vmapped_seeds_equal_separate_runs_and_same_seed_same_numbers():
     assert not np.array_equal(np.asarray(together.params.w_k[0]), np.asarray(together.params.w_k[1]))
 
 
+@pytest.mark.slow
 def test_what_seed_index_i_shares_with_a_one_seed_run():
     """Seed index i of a run with seed a and a one-seed run with seed a+i: bitwise the same initial
     state and the same training prompts at every step (the sampler is elementwise in the keys, also
@@ -204,6 +210,7 @@ NAN_CFG = dict(d_in=3, n_demos=6, n_layers=4, steps=40, batch_size=8, lr=0.1, wa
                init_std=0.25, dtype="float32", checkpoint_every=2, log_every=1, scale="1", sampler="tokens")
 
 
+@pytest.mark.slow
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = TrainConfig(**NAN_CFG)
     run = tmp_path / "run"

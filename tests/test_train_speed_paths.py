@@ -25,6 +25,7 @@ def _tree_rel_err(a, b):
     return max(float(rel_err(x, y)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("J", [1, 3, TINY_MATMUL_MAX_DIM, TINY_MATMUL_MAX_DIM + 1])
 def test_batch_matmul_equals_einsum_with_gradients(J):
     """Both branches (fused multiply-adds for J ≤ TINY_MATMUL_MAX_DIM, batched einsum above) are
@@ -52,6 +53,7 @@ def test_batch_matmul_rejects_bad_shapes():
         batch_matmul(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d_in", [3, TINY_MATMUL_MAX_DIM])  # D = 4 (fused products), D = 9 (einsum)
 def test_batched_path_equals_token_reference_on_both_sides_of_the_size_rule(d_in):
     """Loss and gradients of the default (batched) path == the token-by-token forward, 3 layers,
@@ -94,6 +96,7 @@ def test_auto_sampler_rule():
         sampler_blocks(cfg, "auto")
 
 
+@pytest.mark.slow
 def test_default_step_trains_on_wishart_draws_and_the_token_paths_still_run():
     cfg = TrainConfig(d_in=3, n_demos=6, n_layers=2, batch_size=8, steps=4, warmup_steps=1, dtype="float64")
     key = jax.random.fold_in(seed_keys(cfg)[1][0], 1)
@@ -113,6 +116,7 @@ def test_default_step_trains_on_wishart_draws_and_the_token_paths_still_run():
     assert float(rel_err(loss_tokens, loss_ref)) <= RTOL, "token path == batched path on the token draws"
 
 
+@pytest.mark.slow
 def test_auto_sampler_seed_index_draws_equal_one_seed_draws_and_reproduce():
     """Under vmap over seeds (the step's seed axis) the Wishart draws, retry loop included, are
     elementwise in the keys: seed index i == a one-seed draw from its key — the query (a draw)

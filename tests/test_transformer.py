@@ -90,6 +90,7 @@ def test_config_validation_and_hashable():
         CFG.width = 8
 
 
+@pytest.mark.slow
 def test_init_shapes_and_scales():
     cfg = T.SoftmaxConfig()  # the small defaults: width 64, 4 heads, 3 layers, mlp 256
     params = T.init_softmax(jax.random.PRNGKey(0), cfg, F64)
@@ -189,6 +190,7 @@ def test_prefix_prompts_agree_with_one_pass():
 # ---------------------------------------------------------------- transforms
 
 
+@pytest.mark.slow
 def test_jit_equals_eager_and_vmap_equals_loop():
     params = _generic_params(9)
     Hb = jnp.stack([_prompt(s, 4) for s in range(3)])
@@ -197,6 +199,7 @@ def test_jit_equals_eager_and_vmap_equals_loop():
     np.testing.assert_allclose(np.asarray(batched), eager, rtol=1e-12, atol=1e-14, err_msg="jit∘vmap = eager loop")
 
 
+@pytest.mark.slow
 def test_every_field_gets_a_gradient():
     params = _generic_params(10)
     H = _prompt(11, 3)

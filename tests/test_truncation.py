@@ -53,6 +53,7 @@ def test_xi_zero_is_identity_bit_for_bit():
     target=st.sampled_from(["K", "Q", "V", "attn"]),
     rule=st.sampled_from(["exact", "laser"]),
 )
+@pytest.mark.slow
 def test_rank_rule_spectral_error_and_locality(xi, D, k, target, rule):
     """Kept rank = kept_rank(rule); ‖W − W(r)‖₂ = σ_{r+1} (Eckart–Young); only layer k of the target moves."""
     p = _params(L=3, D=D, seed=D)
@@ -96,6 +97,7 @@ def test_traced_truncation_vmaps_over_layer_and_rank():
     assert _bitwise_equal(batched.w_k[3], p.w_k)
 
 
+@pytest.mark.slow
 def test_generic_over_fields_softmax_and_custom_pytrees():
     cfg = SoftmaxConfig(d_in=3, n_demos_max=4, n_layers=2, width=8, n_heads=2, mlp_width=16)
     rng = np.random.default_rng(1)

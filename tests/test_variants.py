@@ -26,6 +26,7 @@ def _prompt(key=0, n=N):
     return random_prompts(jax.random.PRNGKey(key), 1, n, D - 1, dtype=jnp.float64)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", ["1", "1/N"])
 def test_linear_variant_is_the_paper_layer(scale):
     """linear_attn with scale s: states, prediction and ΔW_t equal lintrans.attention / trajectory (rel 1e-12)."""

@@ -58,6 +58,7 @@ def assert_bad_input(vt, argv, monkeypatch, capsys, match):
     assert match in err, f"{match!r} not in {err!r}"
 
 
+@pytest.mark.slow
 def test_smoke_exit_0_and_files(vt, tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(vt, [*TINY, *outputs(tmp_path)], monkeypatch, capsys)
     assert code == 0, err
@@ -94,6 +95,7 @@ def test_default_init_scale(vt):
     assert vt.verify.default_init_scale("1/N", 7) == 0.1
 
 
+@pytest.mark.slow
 def test_nonfinite_main_block_exits_1(vt, tmp_path, monkeypatch, capsys):
     # weights ~1e120: ΔW_1 ~ 1e360 overflows float64 in layer 1
     params = init_params(jax.random.PRNGKey(0), 2, 3, 1e120, jnp.float64)
@@ -129,6 +131,7 @@ def test_float32_alone_decides(vt):
     assert res["exit_status"] == 1, "float32 at 1e-12 must fail when float32 is the only dtype"
 
 
+@pytest.mark.slow
 def test_params_prompts_dump_round_trip(vt, tmp_path, monkeypatch, capsys):
     D, N, B, L = 3, 3, 4, 2
     params = init_params(jax.random.PRNGKey(1), L, D, 0.3, jnp.float64)
@@ -277,6 +280,7 @@ def test_bad_output_paths_and_plot_only(vt, tmp_path, monkeypatch, capsys):
     assert_bad_input(vt, ["--plot-only", "--json", str(not_results), "--figures-dir", str(tmp_path)], monkeypatch, capsys, "not a verify_theorem1 results file")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,match", [(["--mask", "full"], "--mask"), (["--params", "/nonexistent/p.npz"], "no such file")])
 def test_subprocess_bad_input(argv, match, tmp_path):
     proc = subprocess.run(
