@@ -69,8 +69,9 @@ class Config:
     heads: int = option(_D.n_heads, "attention heads, must divide --width", low=1)
     mlp_width: int = option(_D.mlp_width, "MLP hidden width", low=1, high=262144)
     noise_std: float = option(_D.noise_std, "label noise σ", low=0.0)
-    sampler: str = option(_D.sampler, "training prompts as tokens, or (linear, demos mask) exact Wishart draws of "
-                          "their Gram matrix: O(d²) per prompt whatever N, different draws", choices=SAMPLERS)
+    sampler: str = option(_D.sampler, "training prompts: auto (Wishart where it needs fewer random draws, else tokens; "
+                          "lintrans.train_config.resolve_sampler), tokens, or (linear, demos mask) exact Wishart draws "
+                          "of their Gram matrix: O(d²) per prompt whatever N, same law, different draws", choices=SAMPLERS)
     dtype: str = option(_D.dtype, "training dtype", choices=("float32", "float64"))
     test_prompts: int = option(8192, "fixed test set (≥ 4096, issue 3)", low=4096)
     test_seed: int = option(1234, "test / validation prompts come from PRNGKey(test_seed)", low=0)
