@@ -337,8 +337,12 @@ def rate_choices(plan: SweepPlan, params_seeds, err_val, err_test, *, rates, J=N
         cond = group_condition_numbers(p0, group).max(axis=1)
         layer = select_layer(cond, top_k)
         lc = [c for c in cells if c["layer"] == layer]
-        xi, i = choose_rate([c["xi"] for c in lc], [mv[s, c["point"]] for c in lc])
-        picks = {"algorithm1": lc[i]}
+        if any(np.isfinite(mv[s, c["point"]]) for c in lc):
+            xi, i = choose_rate([c["xi"] for c in lc], [mv[s, c["point"]] for c in lc])
+            picks = {"algorithm1": lc[i]}
+        else:  # every candidate diverged on validation: Algorithm 1 has nothing to pick, the model stays unclipped
+            picks = {"algorithm1": {"layer": 0, "xi": 0.0, "point": 0}}
+            out["algorithm1"].setdefault("seeds_without_finite_validation", []).append(s)
         cand = [{"layer": 0, "xi": 0.0, "point": 0}] + cells
 
         def best(score):
