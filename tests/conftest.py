@@ -10,6 +10,12 @@ is imported the test process (and every script subprocess, which inherits the en
   the suite holds at its stated tolerance at both levels. (``--xla_llvm_disable_expensive_passes``
   was tried too: no further gain, and it moved one float64 identity from 1e-13 to 3.6e-12, so it is
   not used.) Flags already in ``XLA_FLAGS`` are kept (a user's own flags win).
+* XLA's older loop-fusion emitters instead of its MLIR fusion emitters,
+  ``--xla_cpu_use_fusion_emitters=false``: measured to halve the backend compile time again (the
+  ``not slow`` suite: 96 s → 42 s of ``backend_compile_duration`` over 1,277 compilations; wall
+  88 s → 57 s). Elementwise functions are as accurate (exp, log, erf, erfinv, tanh, … compared
+  with scipy on 20,001 points: the same maximum relative error with either emitter); only the
+  summation order of some fused reductions changes, which every identity's tolerance allows.
 * No persistent compilation cache: JAX's is not safe between processes without its file lock,
   and with the lock its size bookkeeping (every write re-reads every entry's access time) made a
   two-worker run slower, not faster (measured: workers at 45 % CPU, waiting on the lock).
@@ -18,7 +24,7 @@ is imported the test process (and every script subprocess, which inherits the en
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-_FAST_COMPILE = ("--xla_backend_optimization_level=0",)
+_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 _flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join([_flags, *(f for f in _FAST_COMPILE if f.split("=")[0] not in _flags)]).strip()
 

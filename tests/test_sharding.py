@@ -90,42 +90,59 @@ def test_single_device_mesh_and_errors():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["tokens", "wishart"])
-def test_sharded_training_step_equals_single_device(sampler):
+def test_sharded_training_step_equals_single_device():
+    # One subprocess for both samplers: the device count is fixed per process, and jax's start-up
+    # is a good part of each run.
     out = _run_simulated(
-        f"""
+        """
         import json, jax, jax.numpy as jnp
         jax.config.update("jax_enable_x64", True)
         from lintrans.numerics import rel_err
         from lintrans.sharding import make_mesh
         from lintrans.train import TrainConfig, init_state, make_train_step, seed_keys
         mesh = make_mesh()
-        config = TrainConfig(model="linear", n_layers=2, d_in=4, n_demos=8, batch_size=64, steps=100,
-                             warmup_steps=5, dtype="float64", seeds=2, sampler={sampler!r})
-        state = init_state(config)
-        _, data_keys = seed_keys(config)
-        bad = -jnp.ones((2, 2), jnp.int32)
-        finals = []
-        for m in (None, mesh):
-            step_fn = make_train_step(config, mesh=m)
-            params, opt_state = state.params, state.opt_state
-            for step in range(1, 4):
-                params, opt_state, loss, _, bad_out = step_fn(params, opt_state, data_keys, jnp.asarray(step, jnp.int32), bad)
-            finals.append((params, loss))
-        hlo = make_train_step(config, mesh=mesh).lower(
-            state.params, state.opt_state, data_keys, jnp.asarray(1, jnp.int32), bad).compile().as_text()
-        leaves = zip(jax.tree_util.tree_leaves(finals[0]), jax.tree_util.tree_leaves(finals[1]))
-        print(json.dumps({{
-            "max_rel_err": max(float(rel_err(a, b)) for a, b in leaves),
-            "all_reduce": "all-reduce" in hlo,
-            "params_replicated": bool(finals[1][0].w_k.sharding.is_fully_replicated),
-        }}))
+        report = {}
+        for sampler in ("tokens", "wishart"):
+            config = TrainConfig(model="linear", n_layers=2, d_in=4, n_demos=8, batch_size=64, steps=100,
+                                 warmup_steps=5, dtype="float64", seeds=2, sampler=sampler)
+            state = init_state(config)
+            _, data_keys = seed_keys(config)
+            bad = -jnp.ones((2, 2), jnp.int32)
+            args = (state.params, state.opt_state, data_keys, jnp.asarray(1, jnp.int32), bad)
+            # The sharded step compiled ahead of time once: its HLO shows the all-reduce and it runs the steps.
+            compiled = make_train_step(config, mesh=mesh).lower(*args).compile()
+            runs = []
+            for step_fn in (make_train_step(config), compiled):
+                params, opt_state, history = state.params, state.opt_state, []
+                for k in range(1, 4):
+                    params, opt_state, loss, _, _ = step_fn(params, opt_state, data_keys, jnp.asarray(k, jnp.int32), bad)
+                    history.append((params, opt_state, loss))
+                runs.append(history)
+            leaves = lambda t: jax.tree_util.tree_leaves(t)
+            err = lambda a, b: max(float(rel_err(x, y)) for x, y in zip(leaves(a), leaves(b)) if jnp.issubdtype(x.dtype, jnp.floating))
+            report[sampler] = {
+                # After step 1 (learning rate 0 at the start of the warm-up) Adam's moments are
+                # 0.1·g and 0.001·g²: they hold the gradient itself.
+                "step1_rel_err": err(runs[0][0], runs[1][0]),
+                "step1_params_unchanged": err(runs[0][0][0], state.params) == 0.0,
+                "steps_rel_err": err(runs[0][-1], runs[1][-1]),
+                "all_reduce": "all-reduce" in compiled.as_text(),
+                "params_replicated": bool(runs[1][-1][0].w_k.sharding.is_fully_replicated),
+            }
+        print(json.dumps(report))
         """
     )
-    # Three Adam steps on a batch split 4 ways vs one device: same numbers up to summation order.
-    assert out["max_rel_err"] <= 1e-12, "sharded training step != single-device step (params, loss), rtol 1e-12"
-    assert out["all_reduce"], "the sharded step must split the batch (an all-reduce in the compiled step)"
-    assert out["params_replicated"], "parameters must stay replicated"
+    for sampler, r in out.items():
+        # The identity: loss and gradient of a batch split 4 ways = one device, up to summation order
+        # (read from step 1, whose update is zero and whose Adam moments are 0.1·g and 0.001·g²).
+        assert r["step1_params_unchanged"], "step 1 must not move the weights (warm-up from learning rate 0)"
+        assert r["step1_rel_err"] <= 1e-12, f"{sampler}: sharded loss and gradient (step 1) != single-device, rtol 1e-12"
+        # Three Adam steps agree to 1e-6, not 1e-12: Adam's update g/(√ν + ε) turns the absolute
+        # rounding (~1e-16 ‖g‖) of a gradient entry of size ~ε = 1e-8 into a relative change of
+        # ~1e-8 in that entry's step (measured 1.7e-8 when XLA sums in another order).
+        assert r["steps_rel_err"] <= 1e-6, f"{sampler}: three sharded Adam steps != single-device (params, loss), rtol 1e-6"
+        assert r["all_reduce"], f"{sampler}: the sharded step must split the batch (an all-reduce in the compiled step)"
+        assert r["params_replicated"], f"{sampler}: parameters must stay replicated"
 
 
 @pytest.mark.slow
