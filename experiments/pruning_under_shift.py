@@ -34,6 +34,7 @@ two shifts; ``--help`` for options).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,8 +76,8 @@ class Config:
     targets: tuple[str, ...] = option(ALL_TARGETS, "clip targets (each model uses those it has)", choices=ALL_TARGETS)
     rates: tuple[float, ...] = option(PAPER_RATES, "clipping rates ξ, comma-separated, each in [0, 1)", parse=cli.rates)
     layers: tuple[int, ...] = option((), "1-based layers to clip (default: every layer of each model)", low=1)
-    n_val: int = option(256, "validation prompts per shift (Algorithm 1 and the label-free choice)", low=2)
-    n_test: int = option(1024, "test prompts per shift, shared by every seed and cell", low=2)
+    n_val: int = option(128, "validation prompts per shift (Algorithm 1 and the label-free choice)", low=2)
+    n_test: int = option(512, "test prompts per shift, shared by every seed and cell", low=2)
     n_bound: int = option(16, "validation prompts for the Theorem-2 bound (0: no bound)", low=0)
     chunk: int = option(512, "prompts evaluated at once", low=1)
     seed: int = option(0, "key of the prompts: fold_in(PRNGKey(seed), shift index)", low=0)
@@ -111,6 +112,7 @@ def run(config: Config, *, quiet: bool = False) -> dict:
         if not quiet:
             print("\n".join(results["statements"]))
         return results
+    load_at_start = list(os.getloadavg())  # timings mean little on a loaded machine: say how loaded it was
     t0 = time.perf_counter()
     shifts = parse_shifts(config.shift)
     if config.checkpoint:
@@ -133,7 +135,8 @@ def run(config: Config, *, quiet: bool = False) -> dict:
                "correlations": corr, "statements": shift_study.headline(out) + shift_study.summary_lines(out, corr),
                "timing": {"setup_train_seconds": t_train, "sweep_seconds": sweep_s, "n_cells": len(cells),
                           "cells_per_second": len(cells) / sweep_s if sweep_s > 0 else None,
-                          "total_seconds": time.perf_counter() - t0, "note": "measured on a shared, loaded machine"}}
+                          "total_seconds": time.perf_counter() - t0,
+                          "load_average_at_start": load_at_start, "cpu_count": os.cpu_count()}}
     if not quiet:
         for line in results["statements"]:
             print(line)

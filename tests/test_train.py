@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lintrans import attention, checkpoint
+from lintrans.batched import TINY_MATMUL_MAX_DIM
 from lintrans.numerics import rel_err
 from lintrans.params import init_params
 from lintrans.tasks import sample_linear
@@ -50,12 +51,14 @@ def _tree_rel_err(a, b):
 
 
 @pytest.mark.slow
-def test_fast_loss_and_gradients_equal_token_reference():
-    """Training loss through the batched and Gram paths == token-by-token forward, gradients too (float64).
+@pytest.mark.parametrize("d_in", [3, TINY_MATMUL_MAX_DIM])  # D = 4 (fused products), D = 9 (einsum)
+def test_fast_loss_and_gradients_equal_token_reference(d_in):
+    """Training loss through the batched and Gram paths == token-by-token forward, gradients too (float64),
+    3 layers, at a D on each side of lintrans.batched.TINY_MATMUL_MAX_DIM.
 
     With k_min (zeroed demonstrations, true count in s = 1/k); tests/test_icl_scripts.py checks
     s = 1 against the benchmark's naive attention matrix."""
-    cfg = TrainConfig(**{**TINY, "n_layers": 3}, k_min=2, init_std=0.3)
+    cfg = TrainConfig(**{**TINY, "n_layers": 3, "d_in": d_in}, k_min=2, init_std=0.3)
     params = jax.tree_util.tree_map(lambda x: x[0], init_state(cfg).params)
     batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(seed_keys(cfg)[1][0])
 
@@ -67,8 +70,8 @@ def test_fast_loss_and_gradients_equal_token_reference():
     assert float(ref[0]) > 0
     for path in ("batched", "gram"):
         fast = value_and_grad(params, path)
-        assert float(rel_err(fast[0], ref[0])) <= RTOL, f"loss: {path} path vs token-by-token, rtol 1e-12"
-        assert _tree_rel_err(fast[1], ref[1]) <= RTOL, f"gradients: {path} path vs token-by-token, rtol 1e-12"
+        assert float(rel_err(fast[0], ref[0])) <= RTOL, f"loss, D={d_in + 1}: {path} path vs token-by-token, rtol 1e-12"
+        assert _tree_rel_err(fast[1], ref[1]) <= RTOL, f"gradients, D={d_in + 1}: {path} path vs token-by-token, rtol 1e-12"
 
 
 @jax.jit

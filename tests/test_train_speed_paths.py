@@ -5,7 +5,6 @@ differ by summation order only, so the bound is rounding of a few terms (float64
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,7 @@ import pytest
 
 from lintrans.batched import TINY_MATMUL_MAX_DIM, batch_matmul
 from lintrans.numerics import einsum, rel_err
-from lintrans.train import TrainConfig, batch_loss, init_state, make_train_step, sample_batch, seed_keys, train
+from lintrans.train import TrainConfig, init_state, make_train_step, sample_batch, seed_keys, train
 from lintrans.train_config import resolve_sampler, sampler_blocks
 
 RTOL = 1e-12
@@ -53,25 +52,8 @@ def test_batch_matmul_rejects_bad_shapes():
         batch_matmul(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("d_in", [3, TINY_MATMUL_MAX_DIM])  # D = 4 (fused products), D = 9 (einsum)
-def test_batched_path_equals_token_reference_on_both_sides_of_the_size_rule(d_in):
-    """Loss and gradients of the default (batched) path == the token-by-token forward, 3 layers,
-    zeroed demonstrations (k_min), float64, rtol 1e-12 — at a D on each side of TINY_MATMUL_MAX_DIM."""
-    cfg = TrainConfig(d_in=d_in, n_demos=6, n_layers=3, batch_size=8, steps=10, warmup_steps=1, k_min=2,
-                      init_std=0.3, dtype="float64")
-    params = jax.tree_util.tree_map(lambda x: x[0], init_state(cfg).params)
-    batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(seed_keys(cfg)[1][0])
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def value_and_grad(p, path):
-        return jax.value_and_grad(lambda q: batch_loss(cfg, q, batch, path))(p)
-
-    ref = value_and_grad(params, "tokens")
-    fast = value_and_grad(params, "batched")
-    assert float(ref[0]) > 0
-    assert float(rel_err(fast[0], ref[0])) <= RTOL, f"loss, D={d_in + 1}: batched vs token-by-token, rtol 1e-12"
-    assert _tree_rel_err(fast[1], ref[1]) <= RTOL, f"gradients, D={d_in + 1}: batched vs token-by-token, rtol 1e-12"
+# Loss and gradients of the batched path against the token reference on both sides of the size rule:
+# tests/test_train.py::test_fast_loss_and_gradients_equal_token_reference.
 
 
 def test_auto_sampler_rule():
