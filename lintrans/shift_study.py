@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,7 @@ class LinearMeasure:
     mask: str = "demos"
     scale: str = "1"
     readout: int = 1
+    has_G: ClassVar[bool] = True
 
     def __call__(self, params, H, y):
         D = H.shape[0]
@@ -108,6 +109,7 @@ class SoftmaxMeasure:
     """``(params, H, y) -> (error (), empty (0,))`` for the softmax transformer (no Theorem-1 ``G_t``)."""
 
     score: Any  # lintrans.trained.QueryError (frozen, hashable)
+    has_G: ClassVar[bool] = False
 
     def __call__(self, params, H, y):
         return self.score(params, H, y), jnp.zeros((0,), H.dtype)
@@ -179,19 +181,28 @@ def sweep_points(params_seeds, measure, fields, layer_index, ranks, H, y, chunk:
     Args: ``params_seeds`` (leading seed axis), ``measure`` (hashable), ``fields`` (static), ``layer_index``
     ``(P,)`` 0-based, ``ranks`` ``(P, F)``, prompts ``H (B, D, N+1)`` and labels ``y (B,)``.
     Returns ``(err (S, P, B), g_total (S, P, B), g_layer (S, P, L), steps (S, P, L))``: per-prompt errors,
-    ``(Σ_t ‖G_t‖²)^{1/2}`` per prompt, mean ``‖G_t‖_F`` per layer and the effective steps.
+    ``(Σ_t ‖G_t‖²)^{1/2}`` per prompt, mean ``‖G_t‖_F`` per layer and the effective steps. A measure
+    without ``G_t`` (``has_G`` false: the softmax transformer) gives zeros for ``g_total`` and ``L = 0``.
     """
     n_demos = H.shape[-1] - 1
 
     def per_seed(p):
         def per_point(kr):
             q = truncate_params_to_rank(p, kr[0], fields, kr[1])
+            if not measure.has_G:
+                # lax.map cannot batch a zero-size output (it divides by the size): one placeholder column
+                # per empty output, removed below
+                err = jax.lax.map(lambda hy: measure(q, hy[0], hy[1])[0], (H, y), batch_size=min(chunk, H.shape[0]))
+                return err, jnp.zeros_like(err), jnp.zeros((1,), err.dtype), jnp.zeros((1,), err.dtype)
             err, g = jax.lax.map(lambda hy: measure(q, hy[0], hy[1]), (H, y), batch_size=min(chunk, H.shape[0]))
             return err, jnp.sqrt(jnp.sum(g * g, axis=-1)), jnp.mean(g, axis=0), measure.steps(q, n_demos)
 
         return jax.lax.map(per_point, (layer_index, ranks), batch_size=point_chunk)
 
-    return jax.lax.map(per_seed, params_seeds)
+    err, g_total, g_layer, steps = jax.lax.map(per_seed, params_seeds)
+    if not measure.has_G:
+        g_layer, steps = g_layer[..., :0], steps[..., :0]
+    return err, g_total, g_layer, steps
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -404,6 +415,9 @@ def shift_base(model_name: str, shift: Shift, config) -> dict:
 
 # ----------------------------------------------------------------------------- models and the whole study
 
+#: Training seeds of every study model (the paired intervals are over these).
+SEEDS = 4
+
 #: The study's default models (name → TrainConfig fields), trained on first use into ``runs/`` and
 #: reused (:func:`lintrans.trained.ensure_run`). Sized for a 2-core CPU: the one-layer models are the
 #: issue's (d = 20, N = 40; optimal one-step GD error 0.34); the deep ones the default run's task (d = 5,
@@ -421,17 +435,16 @@ STUDY_MODELS: dict[str, dict] = {
                         lr=3e-3),
     # no L = 8 model at s = 1: its training diverged at lr 1e-2, 3e-3 and 1e-3 (non-finite loss or weights at
     # steps 111, 86 and 286; 600 steps, init_std 0.02, measured), a train-time instability, not a pruning result.
-    # the project's shared default softmax run (lintrans.trained.DEFAULT_RUNS: 3 seeds, 1500 steps, ~6 min on a
-    # quiet 2-core CPU; reused when pruning_phenomenon/clip_search trained it), so not in the default model list
-    # (add it with --models ...,softmax). Cheaper runs do not learn: 800 steps of a 2-layer model left all 4 seeds
-    # on the zero-estimator plateau (loss 1.00 at step 200, measured).
-    "softmax": dict(model="softmax", seeds=3),
+    # the project's default softmax recipe (lintrans.trained.DEFAULT_RUNS: d = 5, N = 10, 4 layers, 1500 steps) at the
+    # study's 4 seeds (the shared pruning run has 3), so not in the default model list: its training costs more than
+    # the five linear models together (add it with --models softmax). Cheaper runs do not learn: 800 steps of a
+    # 2-layer model left all 4 seeds on the zero-estimator plateau (loss 1.00 at step 200, measured).
+    "softmax": dict(model="softmax", seeds=SEEDS),
 }
 #: The models run by default (the softmax run costs more training than the rest together; see above).
 DEFAULT_MODELS = ("lin-L1-s1/N", "lin-L1-s1", "lin-L4-s1/N", "lin-L4-s1", "lin-L8-s1/N")
 #: ``size="tiny"`` (the --quick preset): every model at d = 3, N = 8 and a few dozen steps (smoke runs only).
 TINY = dict(d_in=3, n_demos=8, steps=60, batch_size=64, checkpoint_every=60, log_every=20)
-SEEDS = 4
 
 
 def study_config(name: str, size: str = "full"):

@@ -107,3 +107,30 @@ def test_merge_results_concatenates_disjoint_models_and_refuses_overlap():
     assert merged["timing"]["cells_per_second"] == 5 / 4.0
     with pytest.raises(ValueError, match="share models.*'a'"):
         ss.merge_results([part("a", 1), part("a", 1)], jax.random.PRNGKey(0))
+
+
+@pytest.mark.slow
+def test_a_softmax_cell_equals_clipping_by_hand_and_scoring_directly():
+    """The softmax transformer's cells (targets O, mlp, attn): the sweep's per-prompt error equals
+    truncate_params + the run's own QueryError on every seed (rtol 1e-10), and its G/step outputs are empty."""
+    from lintrans.train import TrainConfig, init_state
+    from lintrans.trained import QueryError
+
+    cfg = TrainConfig(model="softmax", d_in=D_IN, n_demos=N, n_layers=2, width=8, n_heads=2, mlp_width=16,
+                      dtype="float64", seeds=2, init_std=0.3)
+    params = init_state(cfg).params
+    score = QueryError(cfg)
+    batch = parse_shift("shots=4").task(D_IN, N).sample(jax.random.PRNGKey(2), 5, dtype=jnp.float64)
+    p0 = jax.tree_util.tree_map(lambda x: x[0], params)
+    plan = ss.plan_sweep(p0, ("O", "mlp", "attn"), (0.0, 0.5, 0.9))
+    err, g_tot, g_layer, steps = (np.asarray(o) for o in ss.sweep_points(
+        params, ss.SoftmaxMeasure(score), plan.fields, jnp.asarray(plan.layer_index), jnp.asarray(plan.points),
+        batch.H, batch.y_query, chunk=4, point_chunk=2))
+    assert err.shape == (2, plan.points.shape[0], 5) and g_layer.shape[-1] == 0 and steps.shape[-1] == 0
+    direct = jax.jit(lambda p, H, y: jax.vmap(lambda h, t: score(p, h, t))(H, y))
+    for c in plan.cells:
+        for s in range(2):
+            clipped, ranks = truncate_params(jax.tree_util.tree_map(lambda x: x[s], params), c["layer"], c["target"], c["xi"])
+            assert ranks == c["ranks"]
+            np.testing.assert_allclose(err[s, c["point"]], np.asarray(direct(clipped, batch.H, batch.y_query)),
+                                       rtol=1e-10, atol=1e-14, err_msg=f"softmax cell {c}: sweep vs clipping by hand")
