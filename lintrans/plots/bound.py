@@ -69,7 +69,7 @@ def bound_vs_layer(res: dict, *, form: str, eps: float):
     a.set_ylabel("bound / R")
     a.set_title(f"{form}, ε = {eps:g}")
     a.set_xticks(range(1, res["n_layers"] + 1))
-    a.legend(fontsize=7, ncol=1, loc="best", framealpha=0.8)
+    a.legend(fontsize=8, ncol=1, loc="best", framealpha=0.8)
 
     a = ax[0, 1]
     e = [r["eps"] for r in res["eps_sweep"]]
@@ -79,7 +79,7 @@ def bound_vs_layer(res: dict, *, form: str, eps: float):
     a.set_xlabel("relative ridge ε (ε_t = ε·E tr C_t / d)")
     a.set_ylabel("bound / R (unpruned)")
     a.set_title("ε dependence (→ ∞ as ε → 0)")
-    a.legend(fontsize=7)
+    a.legend(fontsize=8)
 
     a = ax[1, 0]
     pts = [u] + [r for r in res["rows"] if r["target"] == target]
@@ -107,7 +107,7 @@ def bound_vs_layer(res: dict, *, form: str, eps: float):
     a.set_title("rank of C_t at the clipped layer")
     a.set_xticks(range(1, L + 1))
     a.set_ylim(-0.5, 2.0 * max(u["rank_bound"]) + 0.5)
-    a.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(0.0, 1.0), columnspacing=0.8, handlelength=1.5)
+    a.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(0.0, 1.0), columnspacing=0.8, handlelength=1.5)
     fig.suptitle(f"Theorem 2 vs pruned layer — {res['setting']['name']}: N={res['setting']['n_demos']}, "
                  f"b={res['setting']['shots']}, d=D²={res['checks']['d']}")
     return fig
@@ -131,7 +131,7 @@ def bound_terms(res: dict, *, form: str, eps: float):
         a.set_xlabel("term t")
         a.set_ylabel("summand")
         a.set_title(f"{f} (ε = {eps:g})")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
     fig.suptitle("clipping layer k changes only the terms t ≥ k")
     return fig
 
@@ -162,7 +162,7 @@ def pruning_gap_vs_layer(res: dict):
             a.set_title(f"{target}: {title}", fontsize=8)
             if i == len(targets) - 1:
                 a.set_xlabel("pruned layer k")
-        plotting.legend_outside(axes[i, 1], fontsize=7)
+        plotting.legend_outside(axes[i, 1], fontsize=8)
     s = res["setting"]
     fig.suptitle(f"{s['name']}: 95% intervals over {s['n_prompts']} prompts × {s['n_seeds']} seeds")
     return fig
@@ -188,10 +188,10 @@ def bound_continuity(res: dict, *, eps: float):
     for xv, r0, r1 in zip(x, c["noise"]["rank_min"], c["noise"]["rank_max"]):
         a.annotate(f"r={min(r0)}" if min(r0) == max(r1) else f"r={min(r0)}–{max(r1)}", (xv, 1.0),
                    xycoords=("data", "axes fraction"), xytext=(0, -10), textcoords="offset points",
-                   ha="center", fontsize=7)
+                   ha="center", fontsize=8)
     lo, hi = a.get_ylim()
     a.set_ylim(lo, hi * (hi / lo) ** 0.15)  # headroom for the rank labels
-    a.legend(fontsize=7, loc="center left")
+    a.legend(fontsize=8, loc="center left")
 
     xs = np.asarray(c["xi"]["xis"], float)
     for f, m in (("proof_ridge", "-"), ("printed_ridge", "--")):
@@ -202,13 +202,13 @@ def bound_continuity(res: dict, *, eps: float):
     for r in np.unique(ranks):
         sel = xs[ranks == r]
         b.annotate(f"r={r}", ((sel.min() + sel.max()) / 2, 1.0), xycoords=("data", "axes fraction"),
-                   xytext=(0, -10), textcoords="offset points", ha="center", fontsize=7)
+                   xytext=(0, -10), textcoords="offset points", ha="center", fontsize=8)
     lo, hi = b.get_ylim()
     b.set_ylim(lo, hi + 0.12 * (hi - lo))
     b.set_xlabel(f"clipping rate ξ of {c['xi']['target']} in layer {c['xi']['layer']}")
     b.set_ylabel("bound / R")
     b.set_title("steps only where the kept rank r changes")
-    b.legend(fontsize=7, loc="lower left")
+    b.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"the reported bound is continuous in the weights (ε = {eps:g})")
     return fig
 

@@ -51,13 +51,13 @@ def heatmap(results: dict):
     centers = [j0 + (sum(1 for mm, _ in cols if mm == m["model"]) - 1) / 2
                for j0, m in zip(starts, results["models"])]
     top = ax.secondary_xaxis("top")
-    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8, rotation=20, ha="left")
+    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8, rotation=40, ha="left")
     top.tick_params(length=0)
     for i in range(len(shifts)):
         for j in range(len(cols)):
             if np.isfinite(Z[i, j]):
                 ax.text(j, i, f"{Z[i, j]:.0f}" if Z[i, j] >= 1 else f"{Z[i, j]:.1f}", ha="center", va="center",
-                        fontsize=7, color="w" if Z[i, j] < 0.6 * np.nanmax(Z) else "k")
+                        fontsize=8, color="w" if Z[i, j] < 0.6 * np.nanmax(Z) else "k")
     ax.set_xlabel("layer (1-based) of each model")
     ax.set_title("best significant improvement by clipping one layer (%); blank: none")
     fig.colorbar(im, ax=ax, label="error reduction (%)")
@@ -87,13 +87,13 @@ def onelayer(results: dict):
                 ax.plot(x, th, "-", color=colors[s], label=f"{s}: closed form" if col == 0 else None)
                 ax.errorbar(x, meas, yerr=[np.maximum(meas - ci[:, 0], 0), np.maximum(ci[:, 1] - meas, 0)], fmt="o",
                             color=colors[s], ms=3, capsize=2, label=f"{s}: measured" if col == 0 else None)
-                ax.set_xticks(x, [f"{c['xi']:g} (r={c['rank']})" for c in cs], fontsize=7, rotation=45, ha="right")
+                ax.set_xticks(x, [f"{c['xi']:g} (r={c['rank']})" for c in cs], fontsize=8, rotation=45, ha="right")
             ax.axhline(0, color="k", lw=0.6)
             ax.set_title(f"{m['model']}: clip {target} of layer 1", fontsize=9)
             ax.set_xlabel("clipping rate ξ (kept rank)")
             ax.set_ylabel("error change (%)")
     h, lab = axes[0, 0].get_legend_handles_labels()
-    axes[0, 1].legend(h, lab, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    axes[0, 1].legend(h, lab, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
 
@@ -116,7 +116,7 @@ def mechanism(results: dict):
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xlabel(label)
         ax.set_ylabel("mean log(error ratio)")
-    plotting.legend_outside(axes[1], fontsize=7)
+    plotting.legend_outside(axes[1], fontsize=8)
     return fig
 
 
@@ -135,9 +135,17 @@ def choices(results: dict):
         ax.errorbar(v, y, xerr=[np.maximum(v - ci[:, 0], 0), np.maximum(ci[:, 1] - v, 0)], fmt="o", ms=3, capsize=2,
                     color=f"C{k}", label=names[meth])
     ax.axvline(0, color="k", lw=0.6)
-    ax.set_yticks(np.arange(len(rows)), [f"{m} | {s}" for m, s, _ in rows], fontsize=7)
+    ax.set_yticks(np.arange(len(rows)), [f"{m} | {s}" for m, s, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("symlog", linthresh=1.0)
+    # one labelled tick every few decades: a tick per decade crowds the labels when a tail reaches 1e7 %
+    lo, hi = ax.get_xlim()
+    top = max(0, int(np.ceil(np.log10(max(abs(lo), abs(hi), 1.0)))))
+    step = max(1, int(np.ceil((top + 1) / 4)))
+    ticks = sorted({0.0, *(s * 10.0 ** k for k in range(step, top + 1, step) for s in (1, -1))})
+    ticks = [t for t in ticks if lo <= t <= hi]
+    ax.set_xticks(ticks, ["0" if t == 0 else f"${'-' if t < 0 else ''}10^{{{int(round(np.log10(abs(t))))}}}$" for t in ticks],
+                  fontsize=8)
     ax.set_xlabel("test error change of the chosen attn clip (%, symlog; 95 % interval over seeds)")
     plotting.legend_outside(ax)
     return fig
