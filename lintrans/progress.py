@@ -13,11 +13,11 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    """A minimal progress line on stderr: ``label [k/n] elapsed, rate unit/s, extra``.
+    """A minimal progress line on stderr: ``label [k/n] elapsed, mean rate unit/s, extra``.
 
     Writes a carriage-return-updated line on a terminal and one line per update otherwise (so CI
     logs stay readable); ``quiet=True`` silences it. ``unit`` labels the rate (``"steps"`` gives
-    ``12.50 steps/s``).
+    ``mean 12.50 steps/s``: the rate since the start, so that a recent rate in ``extra`` is not confused with it).
     """
 
     def __init__(self, total: int, label: str, quiet: bool = False, every: float = 0.5, unit: str = "steps"):
@@ -35,7 +35,7 @@ class Progress:
         self._last = now
         elapsed = now - self.start
         rate = self.count / elapsed if elapsed > 0 else float("inf")
-        line = f"{self.label} [{self.count}/{self.total}] {elapsed:6.1f}s {rate:8.2f} {self.unit}/s {info}"
+        line = f"{self.label} [{self.count}/{self.total}] {elapsed:6.1f}s, mean {rate:.2f} {self.unit}/s" + (f", {info}" if info else "")
         if self._tty:
             sys.stderr.write("\r" + line + ("\n" if self.count >= self.total else ""))
         else:

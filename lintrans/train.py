@@ -456,7 +456,7 @@ def _train(config, run_dir, state, quiet, on_log, on_checkpoint, path) -> TrainR
             # resume starts before this step and writes the record again).
             if run_dir is not None:
                 ckpt.append_metrics(run_dir, record)
-            progress.update(step - s_last, f"loss {record['loss_mean']:.4g} lr {record['lr']:.2e} {rate:.0f} steps/s")
+            progress.update(step - s_last, f"loss {record['loss_mean']:.4g} lr {record['lr']:.2e} (last {step - s_last} steps: {rate:.0f} steps/s)")
             if on_log is not None:
                 on_log(record)
             losses, gnorms = [], []
