@@ -295,8 +295,10 @@ def make_train_step(config: TrainConfig, path: str = "batched", mesh=None) -> Ca
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     # The step depends on neither the seed values (they enter through data_keys) nor the seed
-    # count (a shape, retraced by jit) nor the file cadence.
-    return _cached_train_step(dataclasses.replace(config, seed=0, seeds=1, checkpoint_every=1, log_every=1), path, mesh)
+    # count (a shape, retraced by jit) nor the file cadence; "auto" is the sampler it resolves to,
+    # so an "auto" config and its resolved one share one compiled step.
+    return _cached_train_step(dataclasses.replace(config, seed=0, seeds=1, checkpoint_every=1, log_every=1,
+                                                  sampler=resolve_sampler(config, path)), path, mesh)
 
 
 @functools.lru_cache(maxsize=32)
