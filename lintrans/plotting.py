@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DPI", "FONT_SIZE", "WIDTH", "STYLE", "figure", "log_axis", "symlog_axis", "legend_outside", "label_bars"]
+__all__ = ["DPI", "FONT_SIZE", "WIDTH", "STYLE", "figure", "log_axis", "symlog_axis", "sparse_symlog_ticks", "legend_outside", "label_bars"]
 
 #: Resolution of every saved PNG.
 DPI = 110
@@ -78,6 +78,18 @@ def symlog_axis(ax, values, which: str = "y", linthresh: float | None = None) ->
     axis = ax.yaxis if which == "y" else ax.xaxis
     axis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh))
     (ax.axhline if which == "y" else ax.axvline)(0.0, color="k", lw=0.6)
+
+
+def sparse_symlog_ticks(ax, which: str = "y", max_per_side: int = 4) -> None:
+    """On a symlog axis with ``linthresh`` 1: 0 and ±10^k every few decades, at most ``max_per_side``
+    a side (one tick per decade crowds the labels when the data span many decades)."""
+    lo, hi = (ax.get_xlim if which == "x" else ax.get_ylim)()
+    top = max(0, int(np.ceil(np.log10(max(abs(lo), abs(hi), 1.0)))))
+    step = max(1, int(np.ceil((top + 1) / max_per_side)))
+    ticks = [t for t in sorted({0.0, *(s * 10.0 ** k for k in range(step, top + 1, step) for s in (1, -1))})
+             if lo <= t <= hi]
+    labels = ["0" if t == 0 else f"${'-' if t < 0 else ''}10^{{{int(round(np.log10(abs(t))))}}}$" for t in ticks]
+    (ax.set_xticks if which == "x" else ax.set_yticks)(ticks, labels, fontsize=8)
 
 
 def legend_outside(ax, **kw) -> None:

@@ -138,14 +138,7 @@ def choices(results: dict):
     ax.set_yticks(np.arange(len(rows)), [f"{m} | {s}" for m, s, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("symlog", linthresh=1.0)
-    # one labelled tick every few decades: a tick per decade crowds the labels when a tail reaches 1e7 %
-    lo, hi = ax.get_xlim()
-    top = max(0, int(np.ceil(np.log10(max(abs(lo), abs(hi), 1.0)))))
-    step = max(1, int(np.ceil((top + 1) / 4)))
-    ticks = sorted({0.0, *(s * 10.0 ** k for k in range(step, top + 1, step) for s in (1, -1))})
-    ticks = [t for t in ticks if lo <= t <= hi]
-    ax.set_xticks(ticks, ["0" if t == 0 else f"${'-' if t < 0 else ''}10^{{{int(round(np.log10(abs(t))))}}}$" for t in ticks],
-                  fontsize=8)
+    plotting.sparse_symlog_ticks(ax, "x")  # a tick per decade crowds the labels when a tail reaches 1e7 %
     ax.set_xlabel("test error change of the chosen attn clip (%, symlog; 95 % interval over seeds)")
     plotting.legend_outside(ax)
     return fig
