@@ -28,7 +28,7 @@ from lintrans.checkpoint import FINAL_FILE, read_metrics
 from lintrans.cli import option
 from lintrans.limits import check_size, check_training_size
 from lintrans.plots.train import final_figure
-from lintrans.train import SAMPLERS, Curriculum, TrainConfig, TrainingDivergedError, config_to_dict, train
+from lintrans.train import SAMPLERS, Curriculum, TrainConfig, config_to_dict, train
 from lintrans.train_eval import effective_step_size, score_run, test_size  # noqa: F401 (re-exported)
 
 NAME = "train_icl"
@@ -174,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         argv += [] if _flag(argv, "--json") else ["--json", json_path]
         argv += [] if _flag(argv, "--figures-dir") else ["--figures-dir", figures_dir]
-    try:
-        return cli.main(Config, run, plot, argv, name=NAME, doc=__doc__, presets={"quick": QUICK})
-    except TrainingDivergedError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
+    return cli.main(Config, run, plot, argv, name=NAME, doc=__doc__, presets={"quick": QUICK})
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from lintrans.io import atomic_write_bytes, load_json, provenance, save_json, sa
 from lintrans.limits import available_memory  # re-exported: one estimate of the memory a run may use
 from lintrans.limits import check_size as check_size_bytes
 from lintrans.progress import Progress  # re-exported: scripts take it from here
+from lintrans.train import TrainingDivergedError
 
 __all__ = [
     "REPO_ROOT", "RESULTS_DIR", "FIGURES_DIR", "PUBLISHED_FIGURES_DIR", "INT_MAX", "option", "rates", "run_dirs", "repo_path",
@@ -519,7 +520,8 @@ def save_figure(fig, path, dpi: int | None = None) -> Path:
 def main(config_cls, run: Callable[..., Mapping[str, Any]], plot: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None,
          argv=None, *, name: str, doc: str | None = None, presets: Mapping[str, Mapping[str, Any]] | None = None,
          seed_field: str | None = "seed") -> int:
-    """Parse ``argv``, check outputs, ``run``, save, ``plot``; print ``wrote: PATH`` lines. Returns 0.
+    """Parse ``argv``, check outputs, ``run``, save, ``plot``; print ``wrote: PATH`` lines. Returns 0, or 1
+    with one ``error: …`` line when a training run diverged (a result, not bad input; nothing is saved).
 
     ``results`` may carry ``"arrays"`` (a mapping of NumPy arrays), saved as an ``.npz`` beside
     the JSON instead of inside it. ``plot`` receives the results as re-read from the JSON.
@@ -546,7 +548,11 @@ def main(config_cls, run: Callable[..., Mapping[str, Any]], plot: Callable[[Mapp
     check_output_file(json_path.with_suffix(".npz"), "--json")
     if plot is not None:
         check_output_dir(figures_dir, "--figures-dir")
-    results = dict(run(config, quiet=args.quiet))
+    try:
+        results = dict(run(config, quiet=args.quiet))
+    except TrainingDivergedError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     arrays = results.pop("arrays", None)
     seed = getattr(config, seed_field, None) if seed_field else None
     written = save_results(json_path, name, config, results, seed=seed if isinstance(seed, int) else None,

@@ -189,20 +189,18 @@ def sweep_points(params_seeds, measure, fields, layer_index, ranks, H, y, chunk:
     def per_seed(p):
         def per_point(kr):
             q = truncate_params_to_rank(p, kr[0], fields, kr[1])
-            if not measure.has_G:
-                # lax.map cannot batch a zero-size output (it divides by the size): one placeholder column
-                # per empty output, removed below
-                err = jax.lax.map(lambda hy: measure(q, hy[0], hy[1])[0], (H, y), batch_size=min(chunk, H.shape[0]))
-                return err, jnp.zeros_like(err), jnp.zeros((1,), err.dtype), jnp.zeros((1,), err.dtype)
+            if not measure.has_G:  # only the error goes through lax.map, which cannot batch zero-size outputs
+                return jax.lax.map(lambda hy: measure(q, hy[0], hy[1])[0], (H, y), batch_size=min(chunk, H.shape[0]))
             err, g = jax.lax.map(lambda hy: measure(q, hy[0], hy[1]), (H, y), batch_size=min(chunk, H.shape[0]))
             return err, jnp.sqrt(jnp.sum(g * g, axis=-1)), jnp.mean(g, axis=0), measure.steps(q, n_demos)
 
         return jax.lax.map(per_point, (layer_index, ranks), batch_size=point_chunk)
 
-    err, g_total, g_layer, steps = jax.lax.map(per_seed, params_seeds)
-    if not measure.has_G:
-        g_layer, steps = g_layer[..., :0], steps[..., :0]
-    return err, g_total, g_layer, steps
+    out = jax.lax.map(per_seed, params_seeds)
+    if measure.has_G:
+        return out
+    empty = jnp.zeros((*out.shape[:2], 0), out.dtype)
+    return out, jnp.zeros_like(out), empty, empty
 
 
 # ----------------------------------------------------------------------------- statistics
