@@ -58,7 +58,7 @@ def test_same_law_as_token_sampler_marginal_over_w():
     n = 20_000
     S1 = np.asarray(jax.jit(lambda key: sample_linear_gram(key, n, N, D_IN, noise_std=SIGMA, dtype=F64).gram)(k_g))
     X, y, _ = jax.jit(lambda key: sample_linear_xy(key, n, N, D_IN, noise_std=SIGMA, dtype=F64))(k_t)
-    S2 = np.asarray(demo_gram(X[:, :N], y[:, :N]))
+    S2 = np.asarray(jax.jit(demo_gram)(X[:, :N], y[:, :N]))
     se = np.sqrt(S1.var(0) / n + S2.var(0) / n)
     np.testing.assert_array_less(np.abs(S1.mean(0) - S2.mean(0)), 5 * se,
                                  err_msg="E S: Wishart sampler vs token sampler, 5 standard errors")
@@ -68,7 +68,8 @@ def test_same_law_as_token_sampler_marginal_over_w():
 @pytest.mark.slow
 def test_rank_zero_demonstrations_and_query():
     n_true = jnp.array([0, 1, 2, 3, 6])
-    g = sample_linear_gram(jax.random.PRNGKey(2), 5, N, D_IN, n_true=n_true, noise_std=0.0, dtype=F64)
+    g = jax.jit(lambda key: sample_linear_gram(key, 5, N, D_IN, n_true=n_true, noise_std=0.0, dtype=F64))(
+        jax.random.PRNGKey(2))  # one compilation, not one per primitive
     S = np.asarray(g.gram)
     np.testing.assert_array_equal(S[0], 0.0, err_msg="k = 0: no demonstrations, S = 0 exactly")
     ranks = [np.linalg.matrix_rank(s, tol=1e-10 * max(np.abs(s).max(), 1e-300)) for s in S]
@@ -107,14 +108,20 @@ def test_gram_of_token_batch_equals_token_gram():
     # H_s H_sᵀ of its token array, so the batched path reads the same prompt either way.
     cfg = TrainConfig(model="linear", d_in=4, n_demos=9, n_layers=2, batch_size=16, k_min=2, dtype="float64")
     batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(jax.random.PRNGKey(4))
-    H_s = batch.H[:, :, :-1]
-    np.testing.assert_allclose(np.asarray(batch.gram), np.asarray(jnp.einsum("bdn,ben->bde", H_s, H_s)),
+
+    @jax.jit  # the references and the loss, one compilation
+    def gram_and_losses(params, batch):
+        p = jax.tree_util.tree_map(lambda a: a[0], params)
+        H_s = batch.H[:, :, :-1]
+        ref = jnp.mean((linear_predict_batch(p, batch.H, batch.n_true, scale=cfg.scale, readout=1)
+                        - batch.targets) ** 2) / cfg.d_in
+        return jnp.einsum("bdn,ben->bde", H_s, H_s), batch.H[:, :, -1], batch_loss(cfg, p, batch), ref
+
+    token_gram, token_query, loss, ref = gram_and_losses(init_state(cfg).params, batch)
+    np.testing.assert_allclose(np.asarray(batch.gram), np.asarray(token_gram),
                                rtol=1e-12, atol=1e-12, err_msg="Batch.gram = H_s H_sᵀ, rtol 1e-12")
-    np.testing.assert_array_equal(np.asarray(batch.query), np.asarray(batch.H[:, :, -1]), err_msg="Batch.query")
-    p = jax.tree_util.tree_map(lambda a: a[0], init_state(cfg).params)
-    ref = jnp.mean((linear_predict_batch(p, batch.H, batch.n_true, scale=cfg.scale, readout=1)
-                    - batch.targets) ** 2) / cfg.d_in
-    np.testing.assert_allclose(float(batch_loss(cfg, p, batch)), float(ref), rtol=1e-12,
+    np.testing.assert_array_equal(np.asarray(batch.query), np.asarray(token_query), err_msg="Batch.query")
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-12,
                                err_msg="loss via (gram, query) = loss via the token array, rtol 1e-12")
 
 
@@ -122,6 +129,9 @@ def test_gram_of_token_batch_equals_token_gram():
 def test_training_with_wishart_sampler_learns_and_matches_token_training():
     # Same model and optimizer; only the sampler differs. Both reach the same test error band.
     out = {}
+    eval_cfg = TrainConfig(model="linear", d_in=4, n_demos=12, n_layers=1, batch_size=8192, dtype="float64")
+    test = jax.jit(lambda key: sample_batch(eval_cfg, key, 1))(jax.random.PRNGKey(99))
+    test_error = jax.jit(lambda params: batch_loss(eval_cfg, jax.tree_util.tree_map(lambda a: a[0], params), test))
     for sampler in ("tokens", "wishart"):
         cfg = TrainConfig(model="linear", d_in=4, n_demos=12, n_layers=1, batch_size=256, steps=300,
                           warmup_steps=20, lr=1e-2, sampler=sampler, dtype="float64")
@@ -132,10 +142,7 @@ def test_training_with_wishart_sampler_learns_and_matches_token_training():
         for t in range(1, cfg.steps + 1):
             params, opt_state, loss, _, bad = step_fn(params, opt_state, keys, jnp.asarray(t, jnp.int32), bad)
         assert int(bad.max()) == -1, f"non-finite step with sampler={sampler}"
-        eval_cfg = TrainConfig(model="linear", d_in=4, n_demos=12, n_layers=1, batch_size=8192, dtype="float64")
-        test = jax.jit(lambda key: sample_batch(eval_cfg, key, 1))(jax.random.PRNGKey(99))
-        p0 = jax.tree_util.tree_map(lambda a: a[0], params)
-        out[sampler] = float(batch_loss(eval_cfg, p0, test))
+        out[sampler] = float(test_error(params))  # the same test prompts for both samplers
     # one-step GD at its optimal rate: (d+1)/(N+d+1) = 5/17 ≈ 0.294 for a 1-layer model
     for sampler, err in out.items():
         assert err < 0.33, f"sampler={sampler}: test error {err:.3f} after 300 steps (one-step GD optimum 0.294)"
@@ -151,11 +158,11 @@ def test_wishart_sampler_errors():
     with pytest.raises(ValueError, match="model='linear' and mask='demos'"):
         TrainConfig(mask="causal", sampler="wishart")
     cfg = TrainConfig(model="linear", d_in=3, n_demos=5, n_layers=1, batch_size=4, sampler="wishart", dtype="float64")
-    batch = sample_batch(cfg, jax.random.PRNGKey(0), 1)
+    batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(jax.random.PRNGKey(0))  # one compilation
     assert batch.H is None
-    p = jax.tree_util.tree_map(lambda a: a[0], init_state(cfg).params)
+    params = init_state(cfg).params
     with pytest.raises(ValueError, match="sampler='wishart' does not draw"):
-        batch_loss(cfg, p, batch, path="tokens")
+        jax.jit(lambda p: batch_loss(cfg, jax.tree_util.tree_map(lambda a: a[0], p), batch, path="tokens"))(params)
 
 
 @pytest.mark.slow
@@ -179,28 +186,30 @@ def test_wishart_batch_with_curriculum_and_variable_k():
 # --- the cheap exact draws (issue 14) ------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_words_and_transforms_are_jax_random_on_the_same_bits():
     # random_words: the threefry2x32 counter stream (jax.extend.random.threefry_2x32), two words a block.
     from jax.extend.random import threefry_2x32
 
     from lintrans.gram_sampler import normals_from_words, random_words, unit_uniforms_from_words
 
-    key = jax.random.PRNGKey(7)
-    np.testing.assert_array_equal(np.asarray(random_words(key, 9)),
-                                  np.asarray(threefry_2x32(key, jnp.arange(9, dtype=jnp.uint32))))
-    # The transforms are jax.random's own: on jax.random.bits they give jax.random.normal / uniform bitwise.
-    bits32 = jax.random.bits(key, (1000,), jnp.uint32)[:, None]
-    np.testing.assert_array_equal(np.asarray(normals_from_words(bits32, jnp.float32)),
-                                  np.asarray(jax.random.normal(key, (1000,), jnp.float32)), err_msg="float32 normal")
-    np.testing.assert_array_equal(np.asarray(unit_uniforms_from_words(bits32, jnp.float32)),
-                                  np.asarray(jax.random.uniform(key, (1000,), jnp.float32)), err_msg="float32 uniform")
-    bits64 = jax.random.bits(key, (1000,), jnp.uint64)
-    words = jnp.stack([(bits64 >> 32).astype(jnp.uint32), bits64.astype(jnp.uint32)], axis=-1)
-    np.testing.assert_array_equal(np.asarray(normals_from_words(words, F64)),
-                                  np.asarray(jax.random.normal(key, (1000,), F64)), err_msg="float64 normal")
+    @jax.jit  # every draw in one compilation (op by op, each primitive compiles on its own)
+    def draws(key):
+        # The transforms are jax.random's own: on jax.random.bits they give jax.random.normal / uniform bitwise.
+        bits32 = jax.random.bits(key, (1000,), jnp.uint32)[:, None]
+        bits64 = jax.random.bits(key, (1000,), jnp.uint64)
+        words = jnp.stack([(bits64 >> 32).astype(jnp.uint32), bits64.astype(jnp.uint32)], axis=-1)
+        return dict(words=(random_words(key, 9), threefry_2x32(key, jnp.arange(9, dtype=jnp.uint32))),
+                    normal32=(normals_from_words(bits32, jnp.float32), jax.random.normal(key, (1000,), jnp.float32)),
+                    uniform32=(unit_uniforms_from_words(bits32, jnp.float32),
+                               jax.random.uniform(key, (1000,), jnp.float32)),
+                    normal64=(normals_from_words(words, F64), jax.random.normal(key, (1000,), F64)))
+
+    out = draws(jax.random.PRNGKey(7))
+    for name, msg in (("words", "random_words = threefry_2x32 on the counters"), ("normal32", "float32 normal"),
+                      ("uniform32", "float32 uniform"), ("normal64", "float64 normal")):
+        np.testing.assert_array_equal(np.asarray(out[name][0]), np.asarray(out[name][1]), err_msg=msg)
     with pytest.raises(ValueError, match="float32 or float64"):
-        normals_from_words(bits32, jnp.float16)
+        normals_from_words(np.zeros((1000, 1), np.uint32), jnp.float16)
 
 
 @pytest.mark.slow
