@@ -32,6 +32,11 @@ PATHS = ("batched", "gram", "tokens")
 #: How training prompts are drawn (``TrainConfig.sampler``): as tokens, as their Gram matrix, or
 #: ``"auto"``: whichever needs fewer random bits (:func:`resolve_sampler`).
 SAMPLERS = ("auto", "tokens", "wishart")
+#: The version of the draws a config gives (same law, other numbers when it changes). Part of a
+#: trained run's folder name (:func:`lintrans.trained.run_name`), so that a run trained on earlier
+#: draws is never reused as if this code had drawn it. 2: noiseless Wishart draws from the inputs'
+#: d × d Bartlett factor (issue 14).
+DRAWS_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,16 +197,18 @@ def sampler_blocks(config: TrainConfig, sampler: str) -> float:
     step). ``"tokens"`` (:func:`lintrans.tasks.sample_linear_split`, ``jax.random.normal``, one block
     per value): ``w``, ``N + 1`` inputs, ``N + 1`` label noises if ``σ > 0``. ``"wishart"``
     (:mod:`lintrans.gram_sampler`, two 32-bit words per block, one word per float32 value, two per
-    float64): ``D(D−1)/2`` upper-triangle normals, ``D`` chi proposals (a normal and a uniform),
-    ``w``, the query, one noise; the chi retries (≈ 5 % of ``D`` elements × 8 values) are left out.
+    float64): ``E(E−1)/2`` upper-triangle normals, ``E`` chi proposals (a normal and a uniform),
+    ``w``, the query, one noise, with ``E = D`` (``σ > 0``) or ``E = d`` (noiseless: the Bartlett
+    factor of the inputs alone); the chi retries (≈ 5 % of ``E`` elements × 8 values) are left out.
     """
     d, N, D = config.d_in, config.n_demos, config.dim
     noisy = config.noise_std > 0
+    E = D if noisy else d
     if sampler == "tokens":
         return float(d + (N + 1) * d + noisy * (N + 1))
     if sampler == "wishart":
         words_per_value = 2 if config.dtype == "float64" else 1
-        return words_per_value * (D * (D - 1) / 2 + 2 * D + 2 * d + noisy) / 2
+        return words_per_value * (E * (E - 1) / 2 + 2 * E + 2 * d + noisy) / 2
     raise ValueError(f"sampler must be 'tokens' or 'wishart', got {sampler!r}")
 
 
@@ -211,8 +218,8 @@ def resolve_sampler(config: TrainConfig, path: str | None = None) -> str:
     ``"auto"`` is ``"wishart"`` iff the model reads prompts only through their Gram matrix
     (``reads_gram``, ``mask="demos"``), ``path == "batched"`` (the only path that reads a Gram
     matrix; ``path=None``: a batch every path can read, so tokens) and :func:`sampler_blocks` is
-    smaller for it; otherwise ``"tokens"``. E.g. d = 10, N = 10: 120 vs 48.5 blocks (wishart);
-    d = 20, N = 4: 120 vs 146 (tokens).
+    smaller for it; otherwise ``"tokens"``. E.g. noiseless, d = 10, N = 10: 120 vs 42.5 blocks
+    (wishart); d = 20, N = 4: 120 vs 135 (tokens).
     """
     if config.sampler != "auto":
         return config.sampler

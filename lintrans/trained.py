@@ -35,6 +35,7 @@ from lintrans.io import to_jsonable
 from lintrans.lock import run_lock
 from lintrans.tasks import sample_linear
 from lintrans.train import TrainConfig, config_from_dict, config_to_dict, train
+from lintrans.train_config import DRAWS_VERSION
 
 __all__ = [
     "MODEL_GROUPS",
@@ -195,12 +196,14 @@ def default_config(model: str, **overrides) -> TrainConfig:
 
 
 def run_name(config: TrainConfig) -> str:
-    """A directory name: the main settings, readable, and a hash of the whole config, so two
-    different configs never share a directory."""
+    """A directory name: the main settings, readable, and a hash of the whole config and of
+    :data:`~lintrans.train_config.DRAWS_VERSION`, so two different configs, or one config drawn by two
+    versions of the samplers, never share a directory."""
     name = f"{config.model}_L{config.n_layers}_d{config.d_in}_N{config.n_demos}"
     if models.get(config.model).uses_width:
         name += f"_w{config.width}"
-    digest = hashlib.sha1(json.dumps(to_jsonable(config_to_dict(config)), sort_keys=True).encode()).hexdigest()[:8]
+    key = json.dumps(to_jsonable(config_to_dict(config)), sort_keys=True) + f"|draws={DRAWS_VERSION}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return name + f"_steps{config.steps}_seeds{config.seeds}_{digest}"
 
 
