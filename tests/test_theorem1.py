@@ -29,7 +29,7 @@ def draw(seed, L, d_in, d_out, N, c, B=2):
     params = LinearAttentionParams(*(jnp.asarray(rng.normal(0.0, c / np.sqrt(D), (L, D, D))) for _ in range(3)))
     H = rng.normal(size=(B, D, N + 1))
     H[:, d_in:, -1] = 0.0
-    return params, jnp.asarray(H)
+    return params, H  # numpy: H[0] is then no eager slice (one compilation per shape); jit takes it as is
 
 
 sizes = dict(
@@ -97,7 +97,7 @@ def test_trajectory_and_closed_form_t4_against_independent_numpy(scale):
     H = H[0]
     s = 1.0 if scale == "1" else 1.0 / N
     ref = _numpy_trajectory(params, H, s)
-    traj = trajectory(params, H, scale=scale)
+    traj = jax.jit(lambda p, h: trajectory(p, h, scale=scale))(params, H)
     for name in ("delta_w", "G", "W", "states"):
         assert rel(getattr(traj, name), ref[name]) <= RTOL, f"trajectory {name} vs numpy: rtol {RTOL}"
     Hs = np.asarray(H)[:, :N]
@@ -110,28 +110,33 @@ def test_trajectory_and_closed_form_t4_against_independent_numpy(scale):
         closed = s * w_v @ A @ S @ A.T @ w_k.T @ w_q
         assert rel(ref["delta_w"][t], closed) <= RTOL, f"T4 closed form, layer {t + 1}: rtol {RTOL}"
         W_prev = ref["W"][t]
-    assert np.all(np.asarray(t4_closed_form(params, traj, s)) <= RTOL)
+    assert np.all(np.asarray(jax.jit(t4_closed_form)(params, traj, s)) <= RTOL)
 
 
-@pytest.mark.slow
 def test_identities_detect_errors():
     """Each check is able to fail: T3/T4 under the causal mask (where they do not hold), T1 with
     a perturbed W, T5 with a rank above the bound."""
     params, H = draw(2, 3, 3, 1, 6, 0.5, B=1)
-    causal = trajectory(params, H[0], mask="causal")
-    assert np.all(np.asarray(t3_all_tokens(causal)) > 1e-6), "T3 must fail for the causal mask"
-    assert np.all(np.asarray(t4_closed_form(params, causal, 1.0))[1:] > 1e-6), "T4 must fail for the causal mask (t ≥ 2)"
-    traj = trajectory(params, H[0])
-    size = jnp.linalg.norm(jnp.eye(4) + traj.W, axis=(1, 2))
-    bad = traj._replace(W=traj.W.at[:, 0, 0].add(1e-6 * size))
-    assert np.all(np.asarray(t1_query(bad)) > 1e-9), "T1 must fail when W_t is off by 1e-6 relative"
+
+    @jax.jit  # one compilation (op by op, every primitive compiles on its own)
+    def errors_of_wrong_claims(params, h):
+        causal = trajectory(params, h, mask="causal")
+        traj = trajectory(params, h)
+        size = jnp.linalg.norm(jnp.eye(4) + traj.W, axis=(1, 2))
+        bad = traj._replace(W=traj.W.at[:, 0, 0].add(1e-6 * size))
+        return t3_all_tokens(causal), t4_closed_form(params, causal, 1.0), t1_query(bad)
+
+    t3, t4, t1 = (np.asarray(e) for e in errors_of_wrong_claims(params, H[0]))
+    assert np.all(t3 > 1e-6), "T3 must fail for the causal mask"
+    assert np.all(t4[1:] > 1e-6), "T4 must fail for the causal mask (t ≥ 2)"
+    assert np.all(t1 > 1e-9), "T1 must fail when W_t is off by 1e-6 relative"
     # a full-rank "ΔW" where the bound is N = 2 < D = 4
     D, N = 4, 2
     fake = Trajectory(
-        delta_w=jnp.eye(D)[None], G=jnp.eye(D)[None], W=jnp.eye(D)[None], states=jnp.ones((2, D, N + 1))
+        delta_w=np.eye(D)[None], G=np.eye(D)[None], W=np.eye(D)[None], states=np.ones((2, D, N + 1))
     )
-    ranks, bound = t5_rank(fake)
-    assert bound == 2 and int(ranks[0]) == 4 > bound
+    ranks, bound = jax.jit(t5_rank)(fake)
+    assert int(bound) == 2 and int(ranks[0]) == 4 > int(bound)
 
 
 def test_t5_bound_is_attained_when_n_below_d():
@@ -156,19 +161,26 @@ def test_t6_locality(seed, d_in, d_out, N, L, c, scale, mask, target, data):
     k = data.draw(st.integers(1, L), label="k")
     params, H = draw(seed, L, d_in, d_out, N, c * N ** (-1 / 3), B=1)
     names = ("w_k", "w_q", "w_v") if target == "attn" else (target,)
-    new = {}
-    for name in ("w_k", "w_q", "w_v"):
-        arr = getattr(params, name)
-        if name in names:
-            clipped, r = truncate_matrix(arr[k - 1], 0.5)
-            assert r == (d_in + d_out) // 2
-            arr = arr.at[k - 1].set(clipped)
-        new[name] = arr
-    pruned = LinearAttentionParams(**new)
+    ranks = []  # truncate_matrix's rank r, a Python int (fixed by the shape), recorded while tracing
+
+    @jax.jit  # one compilation per drawn shape (op by op, every primitive of the SVD compiles on its own)
+    def prune(params):
+        new = {}
+        for name in ("w_k", "w_q", "w_v"):
+            arr = getattr(params, name)
+            if name in names:
+                clipped, r = truncate_matrix(arr[k - 1], 0.5)
+                ranks.append(r)
+                arr = arr.at[k - 1].set(clipped)
+            new[name] = arr
+        return LinearAttentionParams(**new)
+
+    pruned = prune(params)
+    assert ranks == [(d_in + d_out) // 2] * len(names)
     run = jax.jit(lambda p, h: trajectory(p, h, mask=mask, scale=scale))  # one compiled function for both
     before, after = run(params, H[0]), run(pruned, H[0])
     assert np.all(np.isfinite(np.asarray(before.states))) and np.all(np.isfinite(np.asarray(after.states)))
-    out = t6_locality(before, after, k)
+    out = jax.jit(lambda b, a: t6_locality(b, a, k))(before, after)
     for q in ("delta_w", "G", "W"):
         assert bool(out[f"{q}_equal_before_k"]), f"T6: {q}_t for t < k={k} must be bitwise unchanged"
         change = np.asarray(out[f"{q}_change"])
@@ -178,19 +190,19 @@ def test_t6_locality(seed, d_in, d_out, N, L, c, scale, mask, target, data):
 
 def test_t6_rejects_bad_layer():
     params, H = draw(0, 2, 2, 1, 3, 0.2, B=1)
-    traj = trajectory(params, H[0])
+    traj = jax.jit(trajectory)(params, H[0])
     for k in (0, 3):
         with pytest.raises(ValueError, match="k must be a layer"):
             t6_locality(traj, traj, k)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["demos", "causal"])
 def test_identity_errors_are_check_theorem1_without_t5(mask):
     params, H = draw(3, 3, 4, 1, 7, 0.2, B=1)
     H = H[0]
-    report = check_theorem1(params, H, mask=mask, scale="1/N")
-    errors, nonfinite_layer = identity_errors(params, H, mask=mask, scale="1/N")
+    # each jitted on its own (one compilation each, not one per primitive)
+    report = jax.jit(lambda p, h: check_theorem1(p, h, mask=mask, scale="1/N"))(params, H)
+    errors, nonfinite_layer = jax.jit(lambda p, h: identity_errors(p, h, mask=mask, scale="1/N"))(params, H)
     expected = np.stack([np.asarray(getattr(report, c)) for c in ("T1", "T2", "T3", "T4")])
     np.testing.assert_array_equal(np.asarray(errors), expected, err_msg="identity_errors = T1–T4 of check_theorem1")
     assert int(nonfinite_layer) == int(report.nonfinite_layer)
