@@ -16,14 +16,30 @@ D_IN, N, L, S = 3, 8, 2, 2
 RATES = (0.0, 0.5, 0.9)
 
 
-def _params():
-    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+@jax.jit  # one compilation (op by op, every primitive compiles on its own)
+def _draw_params(key):
+    keys = jax.random.split(key, 3)
     D = D_IN + 1
     return LinearAttentionParams(*(0.3 * jax.random.normal(k, (S, L, D, D), jnp.float64) for k in keys))
 
 
+def _params():
+    return _draw_params(jax.random.PRNGKey(3))
+
+
+def _seed(params, s):
+    """Seed ``s``'s parameters, sliced in numpy and put back (an eager slice compiles once per leaf shape)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[s]), params)
+
+
+def _sample(shift, key, n):
+    """``n`` float64 prompts of ``shift`` (a model trained at d = D_IN, N), sampled by one compiled function."""
+    task = parse_shift(shift).task(D_IN, N)
+    return jax.jit(lambda k: task.sample(k, n, dtype=jnp.float64))(key)
+
+
 def _sweep(measure, params, batch):
-    p0 = jax.tree_util.tree_map(lambda x: x[0], params)
+    p0 = _seed(params, 0)
     plan = ss.plan_sweep(p0, ("K", "V", "attn"), RATES)
     out = ss.sweep_points(params, measure, plan.fields, jnp.asarray(plan.layer_index), jnp.asarray(plan.points),
                           batch.H, batch.y_query, chunk=7, point_chunk=3)
@@ -36,7 +52,7 @@ def _sweep(measure, params, batch):
 def test_a_cell_equals_clipping_by_hand_and_scoring_directly(mask, scale, readout):
     """Every cell's per-prompt error, ‖G_t‖ and step equal truncate_params + attention.predict / trajectory (rtol 1e-10)."""
     params = _params()
-    batch = parse_shift("shots=5,noise=0.5").task(D_IN, N).sample(jax.random.PRNGKey(0), 9, dtype=jnp.float64)
+    batch = _sample("shots=5,noise=0.5", jax.random.PRNGKey(0), 9)
     m = ss.LinearMeasure(D_IN, mask, scale, readout)
     plan, (err, g_tot, g_layer, steps) = _sweep(m, params, batch)
     assert err.shape == (S, plan.points.shape[0], 9)
@@ -48,7 +64,7 @@ def test_a_cell_equals_clipping_by_hand_and_scoring_directly(mask, scale, readou
 
     for c in plan.cells:
         for s in range(S):
-            ps = jax.tree_util.tree_map(lambda x: x[s], params)
+            ps = _seed(params, s)
             clipped, ranks = truncate_params(ps, c["layer"], c["target"], c["xi"])
             assert ranks == c["ranks"]
             y_hat, G = direct(clipped, batch.H)
@@ -66,7 +82,7 @@ def test_a_cell_equals_clipping_by_hand_and_scoring_directly(mask, scale, readou
 def test_pairing_same_prompts_for_pruned_and_unpruned():
     """Point 0 is the unpruned model on the same prompts; ξ = 0 cells are point 0; paired stats use them."""
     params = _params()
-    batch = parse_shift("none").task(D_IN, N).sample(jax.random.PRNGKey(1), 11, dtype=jnp.float64)
+    batch = _sample("none", jax.random.PRNGKey(1), 11)
     plan, (err, *_rest) = _sweep(ss.LinearMeasure(D_IN), params, batch)
     direct = np.asarray((jax.jit(jax.vmap(lambda p: jax.vmap(lambda h: predict(p, h))(batch.H)))(params) - batch.y_query) ** 2 / D_IN)
     np.testing.assert_allclose(err[:, 0], direct, rtol=1e-12)
@@ -91,7 +107,7 @@ def test_cell_stats_hand_case():
 
 
 def test_plan_refuses_unknown_targets_and_layers():
-    p0 = jax.tree_util.tree_map(lambda x: x[0], _params())
+    p0 = _seed(_params(), 0)
     with pytest.raises(ValueError, match="target 'mlp'.*allowed"):
         ss.plan_sweep(p0, ("mlp",), RATES)
     with pytest.raises(ValueError, match="layer 3 out of range"):
@@ -120,8 +136,8 @@ def test_a_softmax_cell_equals_clipping_by_hand_and_scoring_directly():
                       dtype="float64", seeds=2, init_std=0.3)
     params = init_state(cfg).params
     score = QueryError(cfg)
-    batch = parse_shift("shots=4").task(D_IN, N).sample(jax.random.PRNGKey(2), 5, dtype=jnp.float64)
-    p0 = jax.tree_util.tree_map(lambda x: x[0], params)
+    batch = _sample("shots=4", jax.random.PRNGKey(2), 5)
+    p0 = _seed(params, 0)
     plan = ss.plan_sweep(p0, ("O", "mlp", "attn"), (0.0, 0.5, 0.9))
     err, g_tot, g_layer, steps = (np.asarray(o) for o in ss.sweep_points(
         params, ss.SoftmaxMeasure(score), plan.fields, jnp.asarray(plan.layer_index), jnp.asarray(plan.points),
@@ -130,7 +146,7 @@ def test_a_softmax_cell_equals_clipping_by_hand_and_scoring_directly():
     direct = jax.jit(lambda p, H, y: jax.vmap(lambda h, t: score(p, h, t))(H, y))
     for c in plan.cells:
         for s in range(2):
-            clipped, ranks = truncate_params(jax.tree_util.tree_map(lambda x: x[s], params), c["layer"], c["target"], c["xi"])
+            clipped, ranks = truncate_params(_seed(params, s), c["layer"], c["target"], c["xi"])
             assert ranks == c["ranks"]
             np.testing.assert_allclose(err[s, c["point"]], np.asarray(direct(clipped, batch.H, batch.y_query)),
                                        rtol=1e-10, atol=1e-14, err_msg=f"softmax cell {c}: sweep vs clipping by hand")
