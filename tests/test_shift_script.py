@@ -1,5 +1,6 @@
 """experiments/pruning_under_shift.py: a --quick smoke run, the results schema, and its errors (exit 2, one line)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -20,6 +21,14 @@ def _run(*args, timeout=900):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
+def _module():
+    spec = importlib.util.spec_from_file_location("pruning_under_shift", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["pruning_under_shift"] = mod  # dataclasses resolve their module by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.mark.parametrize("args,match", [
     (["--shift", "temperature=2"], "unknown key 'temperature'"),
     (["--shift", "noise=-1"], "noise=-1"),
@@ -27,10 +36,24 @@ def _run(*args, timeout=900):
     (["--rates", "0,1.5"], "rates"),
     (["--targets", "W"], "targets"),
 ])
+def test_bad_flags_are_refused_naming_the_flag(args, match, tmp_path, capsys):
+    """In-process (one import for every case): a ValueError naming the flag, or argparse's exit 2 with one
+    `error: …` line; nothing written. The program's contract (exit 2, one line, no traceback) is the next test."""
+    with pytest.raises((ValueError, SystemExit)) as info:
+        _module().main([*args, "--quiet", "--results-dir", str(tmp_path / "res")])
+    if isinstance(info.value, SystemExit):
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.startswith("error: ") and match in err, err
+    else:
+        assert match in str(info.value)
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
+
+
 @pytest.mark.slow
-def test_bad_flags_are_one_error_line_and_exit_2(args, match):
-    r = _run(*args, "--quiet", "--results-dir", "/nonexistent-never-written")
-    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+def test_bad_flag_as_a_program_is_one_error_line_and_exit_2():
+    r = _run("--shift", "temperature=2", "--quiet", "--results-dir", "/nonexistent-never-written")
+    assert r.returncode == 2 and "unknown key 'temperature'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
 
 
 @pytest.mark.slow
