@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -57,7 +56,8 @@ def test_quick_smoke_run(tmp_path, capsys):
 ])
 def test_bad_flags(flags, message, tmp_path, capsys):
     """Refused before any work, naming the flag (in-process: a ValueError, or argparse's exit 2 with
-    one `error: …` line); nothing written."""
+    one `error: …` line); nothing written. As a program (exit 2, one line, no traceback): the table of
+    tests/test_cli_errors.py runs beyond_linear's bad flags as real processes."""
     mod = _module()
     with pytest.raises((ValueError, SystemExit)) as info:
         mod.main([*flags, "--results-dir", str(tmp_path / "res")])
@@ -70,11 +70,3 @@ def test_bad_flags(flags, message, tmp_path, capsys):
     assert not (tmp_path / "res" / "beyond_linear.json").exists()
 
 
-@pytest.mark.slow
-def test_bad_flag_as_a_program(tmp_path):
-    """As a program: exit status 2, one `error: …` line, no traceback."""
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--n-points", "4", "--results-dir", str(tmp_path / "res")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: --n-points must exceed") and "Traceback" not in proc.stderr
-    assert proc.stderr.count("\n") == 1

@@ -38,7 +38,8 @@ def _module():
 ])
 def test_bad_flags_are_refused_naming_the_flag(args, match, tmp_path, capsys):
     """In-process (one import for every case): a ValueError naming the flag, or argparse's exit 2 with one
-    `error: …` line; nothing written. The program's contract (exit 2, one line, no traceback) is the next test."""
+    `error: …` line; nothing written. As a program (exit 2, one line, no traceback): the table of
+    tests/test_cli_errors.py runs pruning_under_shift's bad flags as real processes."""
     with pytest.raises((ValueError, SystemExit)) as info:
         _module().main([*args, "--quiet", "--results-dir", str(tmp_path / "res")])
     if isinstance(info.value, SystemExit):
@@ -47,13 +48,6 @@ def test_bad_flags_are_refused_naming_the_flag(args, match, tmp_path, capsys):
     else:
         assert match in str(info.value)
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
-
-
-@pytest.mark.slow
-def test_bad_flag_as_a_program_is_one_error_line_and_exit_2():
-    r = _run("--shift", "temperature=2", "--quiet", "--results-dir", "/nonexistent-never-written")
-    assert r.returncode == 2 and "unknown key 'temperature'" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
 
 
 @pytest.mark.slow
