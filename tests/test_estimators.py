@@ -44,6 +44,13 @@ def _w_hat(estimator, X, y, x_q, **opts):
     return jax.grad(lambda xq: estimator(X, y, xq, **opts))(x_q)
 
 
+#: predict_batch jitted (one compilation per estimator, options and shape; eagerly, every primitive
+#: compiles on its own). test_predict_batch_equals_loop compares it with the eager call.
+_predict = jax.jit(E.predict_batch, static_argnums=0, static_argnames=("lam", "eta", "n_steps", "noise_std"))
+#: rel_err jitted: one compilation per pair of shapes
+_rel = jax.jit(rel_err)
+
+
 # ---------------------------------------------------------------- least squares and ridge
 
 
@@ -51,8 +58,8 @@ def _w_hat(estimator, X, y, x_q, **opts):
 def test_least_squares_exact_for_n_at_least_d(n_demos):
     d = 8
     H, y_q = _linear_prompts(0, 64, n_demos, d)
-    y_hat = E.predict_batch("least_squares", H)
-    err = float(rel_err(y_hat, y_q))
+    y_hat = _predict("least_squares", H)
+    err = float(_rel(y_hat, y_q))
     assert err <= 1e-10, f"noiseless least squares at N={n_demos} >= d={d}: ŷ = y_q, rel err {err:.2e} > 1e-10"
 
 
@@ -67,8 +74,8 @@ def test_least_squares_minimum_norm_when_underdetermined(shape, seed):
     w = np.asarray(_w_hat_ls(X, y, x_q))
     Xn, yn = np.asarray(X), np.asarray(y)
     w_pinv = np.linalg.pinv(Xn) @ yn
-    assert rel_err(w, w_pinv) <= 1e-12, "min-norm LS: ŵ = X⁺y (rtol 1e-12)"
-    assert rel_err(Xn @ w, yn) <= 1e-12, "min-norm LS interpolates: Xŵ = y (rtol 1e-12)"
+    assert _rel(w, w_pinv) <= 1e-12, "min-norm LS: ŵ = X⁺y (rtol 1e-12)"
+    assert _rel(Xn @ w, yn) <= 1e-12, "min-norm LS interpolates: Xŵ = y (rtol 1e-12)"
     # Minimum norm ⇔ ŵ ⟂ null(X): every other interpolant ŵ + z is longer.
     null = np.linalg.svd(Xn)[2][n:].T  # (d, d - n)
     assert np.linalg.norm(null.T @ w) <= 1e-12 * np.linalg.norm(w), "min-norm LS: ŵ ⟂ null(X) (atol 1e-12‖ŵ‖)"
@@ -77,23 +84,27 @@ def test_least_squares_minimum_norm_when_underdetermined(shape, seed):
 
 
 def test_least_squares_rank_deficient_and_empty():
-    X, y, x_q = _prompt(1, 6, 4)
-    X = X.at[:, 3].set(X[:, 0] + X[:, 1])  # rank 3 with N > d: the cutoff must drop σ_min ≈ 0
-    w = np.asarray(_w_hat(E.least_squares, X, y, x_q))
-    assert rel_err(w, np.linalg.pinv(np.asarray(X)) @ np.asarray(y)) <= 1e-10, "rank-deficient LS = pinv (rtol 1e-10)"
-    assert float(E.least_squares(X[:0], y[:0], x_q)) == 0.0, "N = 0: ŵ = 0"
+    X, y, x_q = (np.array(a) for a in _prompt(1, 6, 4))  # writable copies
+    X[:, 3] = X[:, 0] + X[:, 1]  # rank 3 with N > d: the cutoff must drop σ_min ≈ 0
+    w, empty = jax.jit(lambda X, y, x_q: (_w_hat(E.least_squares, X, y, x_q),  # one compilation
+                                          E.least_squares(X[:0], y[:0], x_q)))(X, y, x_q)
+    assert _rel(w, np.linalg.pinv(X) @ y) <= 1e-10, "rank-deficient LS = pinv (rtol 1e-10)"
+    assert float(empty) == 0.0, "N = 0: ŵ = 0"
 
 
 def test_ridge_closed_form_and_limits():
+    lam = 0.7
+    # the four predictions of a prompt in one compilation (per shape)
+    predictions = jax.jit(lambda X, y, x_q: (E.ridge(X, y, x_q, lam=lam), E.least_squares(X, y, x_q),
+                                             E.ridge(X, y, x_q, lam=1e-10), E.ridge(X, y, x_q, lam=1e12)))
     for n, d in ((12, 5), (3, 7)):
         X, y, x_q = _prompt(n, n, d)
         Xn, yn, xq = map(np.asarray, (X, y, x_q))
-        lam = 0.7
         w_ref = np.linalg.solve(Xn.T @ Xn + lam * np.eye(d), Xn.T @ yn)
-        assert rel_err(E.ridge(X, y, x_q, lam=lam), w_ref @ xq) <= 1e-12, "ridge = (XᵀX+λI)⁻¹Xᵀy (rtol 1e-12)"
-        ls = E.least_squares(X, y, x_q)
-        assert rel_err(E.ridge(X, y, x_q, lam=1e-10), ls) <= 1e-7, f"ridge → min-norm LS as λ → 0 (N={n}, d={d})"
-        big = abs(float(E.ridge(X, y, x_q, lam=1e12)))
+        ridge, ls, ridge_small, ridge_big = predictions(X, y, x_q)
+        assert _rel(ridge, w_ref @ xq) <= 1e-12, "ridge = (XᵀX+λI)⁻¹Xᵀy (rtol 1e-12)"
+        assert _rel(ridge_small, ls) <= 1e-7, f"ridge → min-norm LS as λ → 0 (N={n}, d={d})"
+        big = abs(float(ridge_big))
         assert big <= 1e-9 * abs(float(ls)) + 1e-12, f"ridge → 0 as λ → ∞: |ŷ(λ=1e12)| = {big:.2e}"
     with pytest.raises(ValueError, match="lam"):
         E.ridge(X, y, x_q, lam=0.0)
@@ -103,26 +114,33 @@ def test_ridge_closed_form_and_limits():
 
 
 def test_averaging_hand_case():
-    X = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-    y = jnp.array([3.0, 4.0])
+    X = np.array([[1.0, 0.0], [0.0, 2.0]])
+    y = np.array([3.0, 4.0])
+    both = jax.jit(lambda X, y, x_q: (E.averaging(X, y, x_q), E.averaging(X[:0], y[:0], x_q)))  # one compilation
+    full, empty = both(X, y, np.array([1.0, 1.0]))
     # ŵ = ½(3·[1, 0] + 4·[0, 2]) = [1.5, 4]; ŷ = ŵ·[1, 1] = 5.5
-    assert float(E.averaging(X, y, jnp.array([1.0, 1.0]))) == 5.5
-    assert float(E.averaging(X[:0], y[:0], jnp.array([1.0, 1.0]))) == 0.0, "N = 0 → 0"
+    assert float(full) == 5.5
+    assert float(empty) == 0.0, "N = 0 → 0"
 
 
-@pytest.mark.slow
 def test_knn3_hand_cases():
-    X = jnp.array([[0.0], [1.0], [2.0], [10.0], [-5.0]])
-    y = jnp.array([1.0, 2.0, 4.0, 100.0, -100.0])
-    x_q = jnp.array([1.2])  # distances 1.2, 0.2, 0.8, 8.8, 6.2 → demos 2, 3, 1
-    assert float(E.knn3(X, y, x_q)) == pytest.approx((2.0 + 4.0 + 1.0) / 3, abs=1e-15)
-    assert float(E.knn3(X[:2], y[:2], x_q)) == pytest.approx(1.5, abs=1e-15), "N = 2 < 3: mean of both"
-    assert float(E.knn3(X[:1], y[:1], x_q)) == 1.0, "N = 1: its label"
-    assert float(E.knn3(X[:0], y[:0], x_q)) == 0.0, "N = 0 → 0"
+    X = np.array([[0.0], [1.0], [2.0], [10.0], [-5.0]])
+    y = np.array([1.0, 2.0, 4.0, 100.0, -100.0])
+    x_q = np.array([1.2])  # distances 1.2, 0.2, 0.8, 8.8, 6.2 → demos 2, 3, 1
     # Ties go to the earlier demonstration: x = 0 and x = 2 are both at distance 1 from 1.
-    Xt = jnp.array([[5.0], [0.0], [2.0], [1.0], [2.0]])
-    yt = jnp.array([9.0, 1.0, 2.0, 3.0, 7.0])
-    assert float(E.knn3(Xt, yt, jnp.array([1.0]))) == pytest.approx((3.0 + 1.0 + 2.0) / 3, abs=1e-15)
+    Xt = np.array([[5.0], [0.0], [2.0], [1.0], [2.0]])
+    yt = np.array([9.0, 1.0, 2.0, 3.0, 7.0])
+
+    @jax.jit  # every case in one compilation (op by op, every primitive compiles on its own per N)
+    def cases(X, y, x_q, Xt, yt):
+        return [E.knn3(X[:n], y[:n], x_q) for n in (5, 2, 1, 0)] + [E.knn3(Xt, yt, jnp.array([1.0]))]
+
+    five, two, one, none, tie = (float(v) for v in cases(X, y, x_q, Xt, yt))
+    assert five == pytest.approx((2.0 + 4.0 + 1.0) / 3, abs=1e-15)
+    assert two == pytest.approx(1.5, abs=1e-15), "N = 2 < 3: mean of both"
+    assert one == 1.0, "N = 1: its label"
+    assert none == 0.0, "N = 0 → 0"
+    assert tie == pytest.approx((3.0 + 1.0 + 2.0) / 3, abs=1e-15)
     with pytest.raises(ValueError, match="k must be"):
         E.knn(X, y, x_q, k=0)
 
@@ -133,12 +151,19 @@ def test_knn3_hand_cases():
 def test_gd_steps_one_step_equals_one_step_gd():
     X, y, x_q = _prompt(3, 9, 4)
     eta = 0.037
-    one = E.gd_one_step(X, y, x_q, eta)
-    assert rel_err(E.gd_steps(X, y, x_q, eta, 1), one) <= 1e-12, "1-step gd_steps = η (Xᵀy)ᵀx_q (rtol 1e-12)"
-    assert rel_err(one, eta * (np.asarray(y) @ np.asarray(X)) @ np.asarray(x_q)) <= 1e-12
     eta_star = E.gd_one_step_optimal_eta(9, 4, noise_std=0.5)
     assert eta_star == 1.0 / (9 + 4 + 1 + 0.25)
-    assert rel_err(E.gd_one_step_optimal(X, y, x_q, noise_std=0.5), E.gd_steps(X, y, x_q, eta_star, 1)) <= 1e-12
+
+    @jax.jit  # one compilation (op by op, every primitive compiles on its own)
+    def errors(X, y, x_q):
+        one = E.gd_one_step(X, y, x_q, eta)
+        return (rel_err(E.gd_steps(X, y, x_q, eta, 1), one), rel_err(one, eta * (y @ X) @ x_q),
+                rel_err(E.gd_one_step_optimal(X, y, x_q, noise_std=0.5), E.gd_steps(X, y, x_q, eta_star, 1)))
+
+    steps, closed, optimal = errors(X, y, x_q)
+    assert steps <= 1e-12, "1-step gd_steps = η (Xᵀy)ᵀx_q (rtol 1e-12)"
+    assert closed <= 1e-12
+    assert optimal <= 1e-12
 
 
 @pytest.mark.parametrize("n,d", [(3, 8), (24, 4)])
@@ -148,7 +173,8 @@ def test_gd_converges_to_min_norm_least_squares(n, d):
     s = np.linalg.svd(np.asarray(X), compute_uv=False)
     eta = 1.0 / s[0] ** 2  # contraction factor 1 − (s_min/s_max)² per step on the row space
     steps = int(np.ceil(40 / (s[-1] / s[0]) ** 2))
-    assert rel_err(E.gd_steps(X, y, x_q, eta, steps), E.least_squares(X, y, x_q)) <= 1e-12, (
+    err = jax.jit(lambda X, y, x_q: rel_err(E.gd_steps(X, y, x_q, eta, steps), E.least_squares(X, y, x_q)))(X, y, x_q)
+    assert err <= 1e-12, (
         f"GD with η = 1/σ_max², {steps} steps → min-norm LS (rtol 1e-12)"
     )
 
@@ -164,7 +190,8 @@ def test_gd_converges_to_min_norm_least_squares(n, d):
 def test_predict_batch_equals_loop(name, opts):
     H, _ = _linear_prompts(4, 5, 7, 3, noise_std=0.1)
     batched = np.asarray(E.predict_batch(name, H, **opts))
-    loop = np.array([float(E.ESTIMATORS[name](*split_prompt(h), **opts)) for h in H])
+    one_prompt = jax.jit(lambda h: E.ESTIMATORS[name](*split_prompt(h), **opts))  # compiled once for the loop
+    loop = np.array([float(one_prompt(h)) for h in np.asarray(H)])
     np.testing.assert_allclose(batched, loop, rtol=1e-12, atol=1e-14, err_msg=f"vmap = loop for {name} (rtol 1e-12)")
     jitted = jax.jit(lambda H: E.predict_batch(name, H, **opts))(H)
     np.testing.assert_allclose(jitted, batched, rtol=1e-12, atol=1e-14, err_msg=f"jit = eager for {name}")
@@ -202,9 +229,10 @@ def test_icl_error_and_interval_hand_cases():
 
 
 def test_zero_estimator_error_is_one():
-    B, d = 4096, 4  # the shape of tests/test_tasks.py, so eager JAX reuses its compiled ops
-    batch = sample_linear(jax.random.PRNGKey(5), B, 15, d, dtype=F64)  # through the library sampler
-    ci = E.mean_ci95(E.icl_error(E.predict_batch("zero", batch.H), batch.y_query, d))
+    B, d = 4096, 4
+    # through the library sampler, jitted (one compilation)
+    batch = jax.jit(lambda key: sample_linear(key, B, 15, d, dtype=F64))(jax.random.PRNGKey(5))
+    ci = E.mean_ci95(jax.jit(lambda H, y: E.icl_error(E.predict_batch("zero", H), y, d))(batch.H, batch.y_query))
     # E y_q²/d = 1; SE = √(2 + 6/d)/√B ≈ 0.029 (y_q² = ‖w‖²z², E = d, E y⁴ = 3(d² + 2d)). 4 SE.
     assert abs(ci.mean - 1.0) <= 4 * ci.half_width / 1.96, f"zero estimator: mean error {ci.mean:.4f} ≈ 1 (4 SE, B={B})"
 
@@ -214,7 +242,7 @@ def test_optimal_one_step_eta_against_grid_search(noise_std):
     """η* = 1/(N+d+1+σ²) and E err(η) = η²N(N+d+1+σ²) − 2ηN + 1 + σ²/d, checked on B = 16384 prompts."""
     B, N, d = 16384, 20, 10
     H, yq = _linear_prompts(6, B, N, d, noise_std=noise_std)
-    g = np.asarray(E.predict_batch("gd_1step", H, eta=1.0))  # (Xᵀy)ᵀx_q: ŷ(η) = η g
+    g = np.asarray(_predict("gd_1step", H, eta=1.0))  # (Xᵀy)ᵀx_q: ŷ(η) = η g
     eta_star = E.gd_one_step_optimal_eta(N, d, noise_std)
     grid = eta_star * np.linspace(0.5, 1.5, 401)
     errs = ((grid[:, None] * g[None, :] - yq[None, :]) ** 2).mean(axis=1) / d
@@ -276,15 +304,15 @@ def test_tune_gd_eta():
     one = E.tune_gd_eta(key, 1, N, d, n_prompts=B, n_grid=24, n_golden=25)
     # For one step the validation error is an exact parabola in η with minimiser mean(gy)/mean(g²)
     # on the same batch (tune_gd_eta samples it from `key` with sample_linear).
-    batch = sample_linear(key, B, N, d, dtype=F64)
-    g = np.asarray(E.predict_batch("gd_1step", batch.H, eta=1.0))
+    batch = jax.jit(lambda key: sample_linear(key, B, N, d, dtype=F64))(key)  # one compilation
+    g = np.asarray(_predict("gd_1step", batch.H, eta=1.0))
     eta_hat = (g * np.asarray(batch.y_query)).mean() / (g * g).mean()
     assert abs(one.eta - eta_hat) <= 1e-4 * eta_hat, f"tuned η {one.eta:.6f} = batch minimiser {eta_hat:.6f} (rtol 1e-4)"
     assert one.val_error <= np.min(one.grid_errors), "golden-section refinement never worse than the grid"
     two = E.tune_gd_eta(key, 2, N, d, n_prompts=B, n_grid=24, n_golden=25)
     assert two.val_error <= np.min(two.grid_errors)
     assert two.val_error < one.val_error, "two tuned steps beat one"
-    recomputed = float(E.gd_validation_error(two.eta, batch.H, batch.y_query, 2))
+    recomputed = float(jax.jit(E.gd_validation_error, static_argnums=3)(two.eta, batch.H, batch.y_query, 2))
     assert recomputed == pytest.approx(two.val_error, rel=1e-12), "val_error is the error at the returned η"
     assert not one.at_edge and not two.at_edge
     low = E.tune_gd_eta(key, 1, N, d, n_prompts=B, n_grid=24, n_golden=25, eta_range=(1e-4, 1e-3))
