@@ -45,6 +45,13 @@ def naive_forward_states(params, H, mask="demos", scale="1"):
     return np.stack(states)
 
 
+# Jitted once per shape and options (eagerly, every primitive compiles on its own). test_jit_equals_eager
+# runs the eager path itself.
+_forward = jax.jit(forward, static_argnames=("mask", "scale"))
+_predict = jax.jit(predict, static_argnames=("mask", "scale", "readout"))
+_first_nonfinite = jax.jit(lambda p, h: first_nonfinite(trajectory(p, h)))
+
+
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), np.finfo(np.float64).tiny)
@@ -85,29 +92,32 @@ HAND_PARAMS = LinearAttentionParams(
 
 
 def test_hand_computed_demos():
-    out = forward(HAND_PARAMS, HAND_H)
+    @jax.jit  # one compilation
+    def hand(p, H):
+        return (forward(p, H), trajectory(p, H), predict(p, H), predict(p, H, readout=-1), predict_tokens(p, H))
+
+    out, traj, y, y_neg, y_tokens = jax.tree_util.tree_map(np.asarray, hand(HAND_PARAMS, HAND_H))
     np.testing.assert_allclose(out, [[2.0, 10.0, 12.0], [15.0, 3.0, 18.0]], rtol=0, atol=1e-14)
-    traj = trajectory(HAND_PARAMS, HAND_H)
     np.testing.assert_allclose(traj.delta_w[0], [[3.0, -2.0], [6.0, 8.0]], rtol=0, atol=1e-14)
     # W_0 = 0, so G_1 = ΔW_1 and W_1 = ΔW_1
     np.testing.assert_allclose(traj.G[0], traj.delta_w[0], rtol=0, atol=0)
     np.testing.assert_allclose(traj.W[0], traj.delta_w[0], rtol=0, atol=0)
-    assert float(predict(HAND_PARAMS, HAND_H)) == pytest.approx(18.0, abs=1e-13)
-    assert float(predict(HAND_PARAMS, HAND_H, readout=-1)) == pytest.approx(-18.0, abs=1e-13)
-    assert float(predict_tokens(HAND_PARAMS, HAND_H)) == pytest.approx(18.0, abs=1e-13)
+    assert float(y) == pytest.approx(18.0, abs=1e-13)
+    assert float(y_neg) == pytest.approx(-18.0, abs=1e-13)
+    assert float(y_tokens) == pytest.approx(18.0, abs=1e-13)
 
 
 def test_hand_computed_causal_and_scale():
-    out = forward(HAND_PARAMS, HAND_H, mask="causal")
+    out = _forward(HAND_PARAMS, HAND_H, mask="causal")
     np.testing.assert_allclose(out, [[6.0, 10.0, 12.0], [11.0, 3.0, 18.0]], rtol=0, atol=1e-14)
-    out = forward(HAND_PARAMS, HAND_H, scale="1/N")
+    out = np.asarray(_forward(HAND_PARAMS, HAND_H, scale="1/N"))
     np.testing.assert_allclose(out[:, -1], [7.5, 9.0], rtol=0, atol=1e-14)
 
 
 def test_hand_case_matches_naive_reference():
     for mask in ("demos", "causal"):
         ref = naive_forward_states(HAND_PARAMS, HAND_H, mask)[-1]
-        np.testing.assert_allclose(forward(HAND_PARAMS, HAND_H, mask=mask), ref, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(_forward(HAND_PARAMS, HAND_H, mask=mask), ref, rtol=0, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,10 +134,9 @@ def test_hand_case_matches_naive_reference():
     mask=st.sampled_from(["demos", "causal"]),
     scale=st.sampled_from(["1", "1/N"]),
 )
-@pytest.mark.slow
 def test_delta_w_form_equals_naive_attention_matrix(seed, d_in, d_out, N, L, mask, scale):
     params, H = make(seed, L, d_in, N, init_scale=0.3 * N ** (-1 / 3), d_out=d_out)
-    states = jax.jit(lambda p, h: forward_states(p, h, mask=mask, scale=scale))(params, H)
+    states = np.asarray(jax.jit(lambda p, h: forward_states(p, h, mask=mask, scale=scale))(params, H))
     ref = naive_forward_states(params, H, mask, scale)
     assert np.all(np.isfinite(ref))
     for t in range(L + 1):
@@ -141,28 +150,31 @@ def test_delta_w_form_equals_naive_attention_matrix(seed, d_in, d_out, N, L, mas
 def test_permuting_demonstrations_leaves_query_unchanged():
     params, H = make(3, 4, 3, 9, init_scale=0.4)
     perm = np.random.default_rng(0).permutation(9)
-    H_perm = jnp.concatenate([H[:, perm], H[:, -1:]], axis=1)
-    q, q_perm = forward(params, H)[:, -1], forward(params, H_perm)[:, -1]
+    H_perm = np.concatenate([np.asarray(H)[:, perm], np.asarray(H)[:, -1:]], axis=1)
+    out, out_perm = np.asarray(_forward(params, H)), np.asarray(_forward(params, H_perm))
+    q, q_perm = out[:, -1], out_perm[:, -1]
     assert rel(q, q_perm) <= RTOL, f"query output under a permutation of demos: rtol {RTOL}"
     # the demonstrations themselves are permuted along (mask demos acts column-wise)
-    assert rel(forward(params, H)[:, :-1][:, perm], forward(params, H_perm)[:, :-1]) <= RTOL
-    assert abs(float(predict(params, H)) - float(predict(params, H_perm))) <= RTOL * abs(float(predict(params, H)))
+    assert rel(out[:, :-1][:, perm], out_perm[:, :-1]) <= RTOL
+    y, y_perm = float(_predict(params, H)), float(_predict(params, H_perm))
+    assert abs(y - y_perm) <= RTOL * abs(y)
 
 
 def test_causal_mask_is_order_sensitive():
     # the permutation invariance above is a property of the demos mask, not of the test
     params, H = make(3, 2, 3, 6, init_scale=0.6)
     perm = np.arange(6)[::-1]
-    H_perm = jnp.concatenate([H[:, perm], H[:, -1:]], axis=1)
-    assert rel(forward(params, H, mask="causal")[:, -1], forward(params, H_perm, mask="causal")[:, -1]) > 1e-6
+    H_perm = np.concatenate([np.asarray(H)[:, perm], np.asarray(H)[:, -1:]], axis=1)
+    assert rel(np.asarray(_forward(params, H, mask="causal"))[:, -1],
+               np.asarray(_forward(params, H_perm, mask="causal"))[:, -1]) > 1e-6
 
 
 def test_vmap_equals_python_loop():
     params, H = make(5, 3, 4, 7, B=5)
     one = jax.jit(lambda h: trajectory(params, h))
-    batched = jax.jit(jax.vmap(lambda h: trajectory(params, h)))(H)
+    batched = jax.tree_util.tree_map(np.asarray, jax.jit(jax.vmap(lambda h: trajectory(params, h)))(H))
     for b in range(H.shape[0]):
-        traj = one(H[b])
+        traj = one(np.asarray(H)[b])  # a numpy slice: no eager slice to compile
         for name in ("delta_w", "G", "W", "states"):
             assert rel(getattr(batched, name)[b], getattr(traj, name)) <= 1e-14, f"vmap vs loop: {name}, prompt {b}"
 
@@ -238,30 +250,36 @@ def test_nonfinite_detection_names_the_first_layer(seed, init_scale):
     params, H = make(seed, 10, 3, 6, init_scale=init_scale)
     expected = _numpy_first_nonfinite(params, H)
     assert expected[0] > 1, "the weights must overflow, and not in the first layer, for this test to mean something"
-    layer, qty = first_nonfinite(trajectory(params, H))
+    layer, qty = _first_nonfinite(params, H)
     assert (int(layer), QUANTITIES[int(qty)]) == (expected[0], QUANTITIES[expected[1]])
 
 
 def test_nonfinite_detection_finite_and_input():
     params, H = make(0, 3, 2, 4)
-    layer, qty = first_nonfinite(trajectory(params, H))
+    layer, qty = _first_nonfinite(params, H)
     assert (int(layer), int(qty)) == (-1, -1)
-    layer, qty = first_nonfinite(trajectory(params, H.at[0, 1].set(jnp.nan)))
+    H_nan = np.array(H)
+    H_nan[0, 1] = np.nan
+    layer, qty = _first_nonfinite(params, H_nan)
     assert int(layer) == 0, "a non-finite input prompt is reported as layer 0"
 
 
-@pytest.mark.slow
 def test_float32_stays_float32_under_x64():
     """x64 is on in the tests: samplers and the forward pass must keep float32 inputs float32
-    (an np.float64 scalar would silently promote them)."""
+    (an np.float64 scalar would silently promote them).
+
+    JAX fixes every dtype while tracing, so ``jax.eval_shape`` (tracing, no compilation) gives the
+    dtypes a run would produce."""
     from lintrans.params import init_params
     from lintrans.tasks import random_prompts, sample_linear
 
-    params = init_params(jax.random.PRNGKey(0), 2, 4, 0.5, jnp.float32)
+    key = jax.random.PRNGKey(0)
+    params = jax.eval_shape(lambda k: init_params(k, 2, 4, 0.5, jnp.float32), key)
     assert {a.dtype for a in params} == {jnp.dtype(jnp.float32)}
-    H = random_prompts(jax.random.PRNGKey(1), 1, 5, 3, 1, jnp.float32)[0]
+    H = jax.eval_shape(lambda k: random_prompts(k, 1, 5, 3, 1, jnp.float32)[0], key)
     assert H.dtype == jnp.float32
-    assert sample_linear(jax.random.PRNGKey(2), 2, 5, 3, noise_std=0.1, dtype=jnp.float32).H.dtype == jnp.float32
-    traj = jax.jit(lambda p, h: trajectory(p, h))(params, H)
+    batch = jax.eval_shape(lambda k: sample_linear(k, 2, 5, 3, noise_std=0.1, dtype=jnp.float32), key)
+    assert batch.H.dtype == jnp.float32
+    traj = jax.eval_shape(lambda p, h: trajectory(p, h), params, H)
     assert {a.dtype for a in traj} == {jnp.dtype(jnp.float32)}
-    assert jax.jit(lambda p, h: predict(p, h))(params, H).dtype == jnp.float32
+    assert jax.eval_shape(lambda p, h: predict(p, h), params, H).dtype == jnp.float32
