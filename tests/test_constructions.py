@@ -1,5 +1,7 @@
 """The gradient-descent construction (SPEC §4): L stacked layers equal L steps of GD, exactly."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,8 +73,8 @@ def check_construction(H, etas):
     N = H.shape[1] - 1
     L = len(etas)
     X_s, y_s, x_q = split_prompt(H)
-    ws, traj, y_hat = _outputs(H, jnp.asarray(etas))
-    ws = np.asarray(ws)
+    # numpy copies: indexing them below compiles nothing (an eager slice compiles once per shape and index)
+    ws, traj, y_hat = jax.tree_util.tree_map(np.asarray, _outputs(H, jnp.asarray(etas)))
     assert rel(ws, numpy_gd(X_s, y_s, etas)) <= RTOL, "gd_loop vs the GD recursion written out"
     assert np.all(np.isfinite(np.asarray(traj.states)))
     # ŷ = w_Lᵀ x_q through the readout ρ = −1
@@ -101,25 +103,29 @@ def check_construction(H, etas):
         np.testing.assert_array_equal(state[:d_in], np.asarray(H)[:d_in])
 
 
+@functools.lru_cache(maxsize=None)
+def _sampler(N, d_in):
+    """The library sampler for one prompt of this shape, compiled once (eagerly, every primitive compiles)."""
+    return jax.jit(lambda key: sample_linear(key, 1, N, d_in, noise_std=0.1, dtype=jnp.float64).H[0])
+
+
 def prompt(seed, N, d_in):
-    return sample_linear(jax.random.PRNGKey(seed), 1, N, d_in, noise_std=0.1, dtype=jnp.float64).H[0]
+    """One noisy linear-task prompt ``(d_in+1, N+1)``, as a numpy array."""
+    return np.asarray(_sampler(N, d_in)(jax.random.PRNGKey(seed)))
 
 
-@pytest.mark.slow
 def test_one_step():
     H = prompt(0, 10, 4)
     X_s, _, _ = split_prompt(H)
     check_construction(H, stable_etas(X_s, [0.7]))
 
 
-@pytest.mark.slow
 def test_l_steps_same_eta():
     H = prompt(1, 12, 5)
     X_s, _, _ = split_prompt(H)
     check_construction(H, stable_etas(X_s, [0.5] * 8))
 
 
-@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), fractions=st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6))
 def test_per_layer_eta(seed, fractions):
@@ -129,7 +135,6 @@ def test_per_layer_eta(seed, fractions):
     check_construction(H, stable_etas(X_s, fractions))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("N,d_in", [(1, 1), (2, 8), (30, 3)])
 def test_sizes_including_underdetermined(N, d_in):
     """N = 1 (one demonstration), N < d_in (GD converges to an interpolant: residuals → 0) and N ≫ d_in."""
@@ -140,7 +145,7 @@ def test_sizes_including_underdetermined(N, d_in):
 
 def test_traced_construction_equals_gd_construction():
     etas = [0.1, 0.2, 0.3]
-    a, b = gd_construction(etas, 3), gd_construction_traced(jnp.asarray(etas), 3)
+    a, b = gd_construction(etas, 3), jax.jit(gd_construction_traced, static_argnums=1)(jnp.asarray(etas), 3)
     for name in ("w_k", "w_q", "w_v"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
@@ -160,7 +165,7 @@ def test_gd_diverges_with_large_eta_and_so_does_the_construction():
     H = prompt(3, 10, 3)
     X_s, y_s, x_q = split_prompt(H)
     etas = stable_etas(X_s, [3.0] * 12)  # |1 − 3| = 2: the top direction doubles each step
-    ws = np.asarray(gd_loop(X_s, y_s, jnp.asarray(etas)))
+    ws = np.asarray(jax.jit(gd_loop)(X_s, y_s, jnp.asarray(etas)))
     assert np.linalg.norm(ws[-1]) > 100 * np.linalg.norm(ws[1])
-    y_hat = float(predict(gd_construction(etas, 3), H, **gd_readout_settings))
+    y_hat = float(jax.jit(lambda p, H: predict(p, H, **gd_readout_settings))(gd_construction(etas, 3), H))
     assert y_hat == pytest.approx(float(ws[-1] @ np.asarray(x_q)), rel=1e-9)
