@@ -54,6 +54,9 @@ def _contrib_and_traj(params, H, mask):
     return contributions(params, H, mask=mask, scale="1/N"), trajectory(params, H, mask=mask, scale="1/N")
 
 
+_noise_covariance = jax.jit(noise_covariance, static_argnums=1)  # one compilation per shape and b
+
+
 def _rel(a, b):
     a, b = np.asarray(a), np.asarray(b)
     return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), 1e-300)
@@ -62,44 +65,47 @@ def _rel(a, b):
 # ----------------------------------------------------------------------------- contributions, C_t
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["demos", "causal"])
 def test_contributions_sum_to_G_and_gradients_average_to_vec_G(mask):
     params, batch = _setup()
     H = batch.H[0]
     g, traj = _contrib_and_traj(params, H, mask)
+    u = np.asarray(jax.jit(bound.demo_gradients)(g))
+    g, G = np.asarray(g), np.asarray(traj.G)  # sums in numpy: no eager op to compile
     assert g.shape == (3, 24, 4, 4)
-    assert _rel(g.sum(axis=1), traj.G) <= RTOL, "Σ_i g_{t,i} = G_t (rtol 1e-12)"
-    u = bound.demo_gradients(g)
-    assert _rel(u.mean(axis=1), traj.G.reshape(3, 16)) <= RTOL, "mean_i ∇ℓ_i = vec G_t (rtol 1e-12)"
+    assert _rel(g.sum(axis=1), G) <= RTOL, "Σ_i g_{t,i} = G_t (rtol 1e-12)"
+    assert _rel(u.mean(axis=1), G.reshape(3, 16)) <= RTOL, "mean_i ∇ℓ_i = vec G_t (rtol 1e-12)"
 
 
 def test_noise_covariance_definition_and_zero_at_b_equal_N():
     params, batch = _setup()
-    g = _contrib_and_traj(params, batch.H[0], "demos")[0][1]
+    g = np.asarray(_contrib_and_traj(params, batch.H[0], "demos")[0])[1]
     N = g.shape[0]
-    u = np.asarray(bound.demo_gradients(g))
+    u = np.asarray(jax.jit(bound.demo_gradients)(g))
     G = u.mean(axis=0)
     b = 5
     expected = (N - b) / (b * (N - 1)) * (u.T @ u / N - np.outer(G, G))
-    assert _rel(noise_covariance(g, b), expected) <= 1e-10, "C_t = c_b((1/N)Σ∇ℓ∇ℓᵀ − vec G vec Gᵀ) (rtol 1e-10)"
-    assert np.all(np.asarray(noise_covariance(g, N)) == 0), "C_t = 0 at b = N"
+    assert _rel(_noise_covariance(g, b), expected) <= 1e-10, "C_t = c_b((1/N)Σ∇ℓ∇ℓᵀ − vec G vec Gᵀ) (rtol 1e-10)"
+    assert np.all(np.asarray(_noise_covariance(g, N)) == 0), "C_t = 0 at b = N"
 
 
 def test_C_t_matches_monte_carlo_covariance_of_the_mean_of_b_draws_without_replacement():
     """Sample size 40 000 subsets of b = 5 of N = 24 (fixed key); tolerance 0.05 in relative Frobenius
     norm, several standard errors of a covariance estimate from 4·10⁴ samples (≈ √(2/n)·few ≈ 0.01)."""
     params, batch = _setup()
-    g = _contrib_and_traj(params, batch.H[0], "demos")[0][2]
-    u = bound.demo_gradients(g)
+    g = np.asarray(_contrib_and_traj(params, batch.H[0], "demos")[0])[2]
     b, n_mc = 5, 40_000
-    keys = jax.random.split(jax.random.PRNGKey(7), n_mc)
-    means = np.asarray(jax.jit(jax.vmap(lambda k: u[jax.random.permutation(k, 24)[:b]].mean(axis=0)))(keys))
-    mc = np.cov(means, rowvar=False, bias=True)
-    assert _rel(noise_covariance(g, b), mc) <= 0.05, "C_t vs Monte Carlo (n = 40000, tol 0.05)"
+
+    @jax.jit  # the keys, the draws and their means in one compilation
+    def subset_means(key, g):
+        u = bound.demo_gradients(g)
+        keys = jax.random.split(key, n_mc)
+        return jax.vmap(lambda k: u[jax.random.permutation(k, 24)[:b]].mean(axis=0))(keys)
+
+    mc = np.cov(np.asarray(subset_means(jax.random.PRNGKey(7), g)), rowvar=False, bias=True)
+    assert _rel(_noise_covariance(g, b), mc) <= 0.05, "C_t vs Monte Carlo (n = 40000, tol 0.05)"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("d_in, noise, predicted", [(3, 0.0, 6), (3, 0.5, 10), (2, 0.5, 6)])
 def test_rank_of_C_t_and_G_t_in_its_support(d_in, noise, predicted):
     """rank C_t = d_in(d_in+1)/2 noiseless, D(D+1)/2 with label noise (N = 24 > both); vec G_t ∈ supp C_t."""
@@ -110,19 +116,23 @@ def test_rank_of_C_t_and_G_t_in_its_support(d_in, noise, predicted):
     assert np.all(np.asarray(stats.support_residual) <= 1e-10), "vec G_t lies in the support of C_t (residual ≤ 1e-10)"
 
 
-@pytest.mark.slow
 def test_fast_factored_path_equals_direct_eigh_path():
     params, batch = _setup(noise=0.3)
     direct, W_direct = _stats(params, batch, 8)
     r0 = bound_factored.factor_rank(batch.H)
     assert r0 == 10, "token second-moment covariance has rank D(D+1)/2 = 10 with label noise"
-    S, Y, E = jax.vmap(lambda h: bound_factored.covariance_factor(h, r0))(batch.H)
-    fast, A_L = jax.vmap(lambda s, y, e: bound_factored.fast_term_stats(params, s, y, e, 24, 8, "1/N"))(S, Y, E)
+
+    @jax.jit  # the factored path in one compilation (op by op, every primitive compiles on its own)
+    def factored(params, H):
+        S, Y, E = jax.vmap(lambda h: bound_factored.covariance_factor(h, r0))(H)
+        return jax.vmap(lambda s, y, e: bound_factored.fast_term_stats(params, s, y, e, 24, 8, "1/N"))(S, Y, E)
+
+    fast, A_L = factored(params, batch.H)
     for name in ("sq_printed", "sq_proof", "trace"):
         assert _rel(getattr(fast, name), getattr(direct, name)) <= 1e-10, f"{name}: fast = direct (rtol 1e-10)"
     assert _rel(fast.eigvals, direct.eigvals[..., -r0:]) <= 1e-10, "non-zero eigenvalues of C_t agree (rtol 1e-10)"
     assert np.all(np.asarray(fast.support_residual) <= 1e-10)
-    assert _rel(A_L - jnp.eye(4), W_direct) <= RTOL, "A_L − I = W_L (rtol 1e-12)"
+    assert _rel(np.asarray(A_L) - np.eye(4), W_direct) <= RTOL, "A_L − I = W_L (rtol 1e-12)"
     d = 16
     a, b = bound_summands(fast, d), bound_summands(direct, d)
     # ε ≥ 1e-6 only: the direct path's structurally zero eigenvalues carry rounding noise ≈ 1e-16 λ_max,
@@ -137,7 +147,6 @@ def test_fast_factored_path_equals_direct_eigh_path():
 # ----------------------------------------------------------------------------- bound forms
 
 
-@pytest.mark.slow
 def test_summands_nonnegative_in_every_form_including_pruned_models():
     for noise, xi, target in [(0.0, 0.0, "attn"), (0.5, 0.5, "V"), (0.0, 0.75, "K"), (0.5, 0.9, "attn")]:
         params, batch = _setup(noise=noise, seed=3)
@@ -152,19 +161,22 @@ def test_each_summand_invariant_under_scaling_G_and_C():
     """(G_t, C_t) → (cG_t, c²C_t): scale W_V of the last layer by c (only term L moves, by exactly that)."""
     params, batch = _setup()
     c = 3.7
-    scaled = params._replace(w_v=params.w_v.at[-1].multiply(c))
+    w_v = np.array(params.w_v)  # scaled in numpy: no eager op to compile
+    w_v[-1] *= c
+    scaled = params._replace(w_v=jnp.asarray(w_v))
     s0, _ = _stats(params, batch, 8)
     s1, _ = _stats(scaled, batch, 8)
-    assert _rel(s1.sq_proof[:, -1], c**2 * s0.sq_proof[:, -1]) <= RTOL
-    assert _rel(s1.eigvals[:, -1], c**2 * s0.eigvals[:, -1]) <= 1e-10
+    n0, n1 = jax.tree_util.tree_map(np.asarray, (s0, s1))
+    assert _rel(n1.sq_proof[:, -1], c**2 * n0.sq_proof[:, -1]) <= RTOL
+    assert _rel(n1.eigvals[:, -1], c**2 * n0.eigvals[:, -1]) <= 1e-10
     # ε ≥ 1e-6: below, rounding noise of the structurally zero eigenvalues of the d × d C_t shows
     eps = (1e-6, 1e-3, 1.0)
     a, b = bound_summands(s0, 16, eps=eps), bound_summands(s1, 16, eps=eps)
     for name in ("printed_support", "proof_support", "printed_ridge", "proof_ridge"):
         assert _rel(a[name], b[name]) <= 1e-9, f"{name} unchanged under (cG, c²C) (rtol 1e-9)"
     # and at the level of the formula, with a synthetic spectrum of full rank (the raw form is finite)
-    lam = jnp.array([[[0.5, 1.0, 2.0, 3.0]]])
-    st = TermStats(jnp.array([[2.0]]), jnp.array([[1.5]]), lam.sum(-1), lam, jnp.array([[4]]), jnp.zeros((1, 1)))
+    lam = np.array([[[0.5, 1.0, 2.0, 3.0]]])
+    st = TermStats(np.array([[2.0]]), np.array([[1.5]]), lam.sum(-1), lam, np.array([[4]]), np.zeros((1, 1)))
     st2 = TermStats(*(c**2 * x for x in st[:4]), st.rank, st.support_residual)
     for name in ("printed_raw", "proof_raw", "printed_support", "printed_ridge"):
         assert _rel(bound_summands(st, 4)[name], bound_summands(st2, 4)[name]) <= 1e-12
@@ -188,14 +200,14 @@ def test_hand_case_known_bound():
     g_i = h_i h_iᵀ, G = ΔW = S = 3I (‖G‖² = 18, ‖ΔW‖²‖I‖² = 36); C = (4/3) Σ_i vec Z_i vec Z_iᵀ,
     Z_i = h_i h_iᵀ − (3/4) I, with eigenvalues {16/3, 4/3, 2/3, 0}: rank 3, tr 22/3, pdet 128/27.
     """
-    eye = jnp.eye(2)
+    eye = np.eye(2)
     params = LinearAttentionParams(eye[None], eye[None], eye[None])
-    H = jnp.array([[1.0, 0.0, 1.0, 1.0, 0.5], [0.0, 1.0, 1.0, -1.0, 0.0]])
+    H = np.array([[1.0, 0.0, 1.0, 1.0, 0.5], [0.0, 1.0, 1.0, -1.0, 0.0]])
     stats, _ = term_stats(params, H, 2)
-    np.testing.assert_allclose(np.asarray(stats.eigvals[0]), [0, 2 / 3, 4 / 3, 16 / 3], atol=1e-14)
-    st = jax.tree_util.tree_map(lambda x: x[None], stats)
+    st = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], stats)  # numpy: no eager op to compile
+    np.testing.assert_allclose(st.eigvals[0, 0], [0, 2 / 3, 4 / 3, 16 / 3], atol=1e-14)
     eps = (1e-3, 1.0)
-    out = bound_summands(st, 4, eps=eps)
+    out = jax.tree_util.tree_map(np.asarray, bound_summands(st, 4, eps=eps))
     tr, pdet = 22 / 3, 128 / 27
     assert int(out["rank"][0, 0]) == 3
     assert float(out["printed_support"][0]) == pytest.approx(3 * np.log((36 + tr) / 3) - np.log(pdet), rel=RTOL)
@@ -212,10 +224,10 @@ def test_hand_case_known_bound():
 
 def test_support_form_is_infinite_with_reason_when_G_leaves_the_support():
     """N = 2 ≤ D(D+1)/2: two tokens, C has rank 1 and vec G = vec(S) is outside its span."""
-    eye = jnp.eye(2)
+    eye = np.eye(2)
     params = LinearAttentionParams(eye[None], eye[None], eye[None])
-    stats, _ = term_stats(params, jnp.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0]]), 1)
-    out = bound_summands(jax.tree_util.tree_map(lambda x: x[None], stats), 4)
+    stats, _ = term_stats(params, np.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0]]), 1)
+    out = jax.tree_util.tree_map(np.asarray, bound_summands(jax.tree_util.tree_map(lambda x: np.asarray(x)[None], stats), 4))
     assert not bool(out["in_support"][0, 0]) and np.isinf(out["proof_support"][0])
     reasons = bound.describe_bounds({"proof_support": float(out["proof_support"][0]), "printed_raw": np.inf},
                                     d=4, rank_min=1, rank_max=1, n_out=1)
@@ -225,25 +237,27 @@ def test_support_form_is_infinite_with_reason_when_G_leaves_the_support():
 # ----------------------------------------------------------------------------- risks
 
 
-@pytest.mark.slow
 def test_risks_closed_form_monte_carlo_and_prediction():
     params, batch = _setup(noise=0.4)
-    rk = bound.risks(params, batch, noise_std=0.4, scale="1/N")
-    W = jax.jit(jax.vmap(lambda h: trajectory(params, h, scale="1/N").W[-1]))(batch.H)
+    rk = jax.tree_util.tree_map(np.asarray, bound.risks(params, batch, noise_std=0.4, scale="1/N"))
+    # the model's W_L and predictions in one compilation (op by op, every primitive compiles on its own)
+    W, y_hat = jax.jit(jax.vmap(lambda h: (trajectory(params, h, scale="1/N").W[-1],
+                                           predict(params, h, scale="1/N"))))(batch.H)
     mc_risk = jax.jit(lambda k, W, w: bound.population_risk_mc(k, W, w, 200_000, noise_std=0.4))
+    H, w, W = np.asarray(batch.H), np.asarray(batch.w), np.asarray(W)  # indexed in numpy below
     for j in range(4):
-        mc = mc_risk(jax.random.PRNGKey(j), W[j], batch.w[j])
+        mc = mc_risk(jax.random.PRNGKey(j), W[j], w[j])
         # the loss is L_mu·χ²₁: its mean over 2·10⁵ samples has relative standard error √(2/2·10⁵) = 0.0032
         assert float(mc) == pytest.approx(float(rk.L_mu[j]), rel=0.016), "closed-form L_μ vs Monte Carlo (5 s.e.)"
-        X, y = batch.H[j, :-1, :-1].T, batch.H[j, -1, :-1]
+        X, y = H[j, :-1, :-1].T, H[j, -1, :-1]
         direct = np.mean((X @ (W[j][-1, :-1]) - y) ** 2)
         assert float(rk.L_S[j]) == pytest.approx(float(direct), rel=RTOL)
-    y_hat = jax.vmap(lambda h: predict(params, h, scale="1/N"))(batch.H)
-    assert _rel(rk.test_error, (y_hat - batch.y_query) ** 2 / 3) <= 1e-10, "test error from W_L = model prediction (T1)"
+    y_q = np.asarray(batch.y_query)
+    assert _rel(rk.test_error, (np.asarray(y_hat) - y_q) ** 2 / 3) <= 1e-10, "test error from W_L = model prediction (T1)"
     assert _rel(rk.gap, rk.L_mu - rk.L_S) <= RTOL and _rel(rk.loss_var, 2 * rk.L_mu**2) <= RTOL
-    zero = jnp.zeros((4, 4))
-    assert float(bound.population_risk(zero, batch.w[0], noise_std=0.4)) == pytest.approx(
-        float(jnp.sum(batch.w[0] ** 2)) + 0.16, rel=RTOL
+    zero = np.zeros((4, 4))
+    assert float(jax.jit(lambda W, w: bound.population_risk(W, w, noise_std=0.4))(zero, w[0])) == pytest.approx(
+        float(np.sum(w[0] ** 2)) + 0.16, rel=RTOL
     ), "W = 0 predicts 0: L_μ = ‖w‖² + σ²"
 
 
@@ -299,7 +313,7 @@ def test_sweep_bad_inputs(kwargs, match):
 
 
 def test_noise_covariance_and_shots_bad_inputs():
-    g = jnp.zeros((5, 2, 2))
+    g = np.zeros((5, 2, 2))
     with pytest.raises(ValueError, match="1..N=5"):
         noise_covariance(g, 6)
     with pytest.raises(ValueError, match="must be < N"):
