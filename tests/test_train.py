@@ -46,8 +46,19 @@ TINY = dict(d_in=3, n_demos=6, n_layers=2, batch_size=8, steps=30, warmup_steps=
 SOFTMAX = dict(model="softmax", d_in=3, n_demos=6, n_layers=2, width=8, n_heads=2, mlp_width=16, dtype="float64")
 
 
+@jax.jit  # one compilation per tree (eagerly, rel_err's primitives compile once per leaf shape)
+def _tree_rel_errs(a, b):
+    return jnp.stack([rel_err(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))])
+
+
 def _tree_rel_err(a, b):
-    return max(float(rel_err(x, y)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    """The largest rel_err over the leaves (NaN if any is NaN)."""
+    return float(np.max(np.asarray(_tree_rel_errs(a, b))))
+
+
+def _seed(tree, i):
+    """Seed ``i``'s slice of every leaf, sliced in numpy and put back (an eager slice compiles once per leaf shape)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[i]), tree)
 
 
 @pytest.mark.slow
@@ -59,7 +70,7 @@ def test_fast_loss_and_gradients_equal_token_reference(d_in):
     With k_min (zeroed demonstrations, true count in s = 1/k); tests/test_icl_scripts.py checks
     s = 1 against the benchmark's naive attention matrix."""
     cfg = TrainConfig(**{**TINY, "n_layers": 3, "d_in": d_in}, k_min=2, init_std=0.3)
-    params = jax.tree_util.tree_map(lambda x: x[0], init_state(cfg).params)
+    params = _seed(init_state(cfg).params, 0)
     batch = jax.jit(lambda key: sample_batch(cfg, key, 1))(seed_keys(cfg)[1][0])
 
     @functools.partial(jax.jit, static_argnums=1)
@@ -76,20 +87,30 @@ def test_fast_loss_and_gradients_equal_token_reference(d_in):
 
 @jax.jit
 def _zeroed_vs_truncated(params, H):
-    """rel. errors, every (k, mask, scale, path): zeroed demos with true count k vs the sliced prompt."""
+    """rel. errors, every (k, mask, scale, path): zeroed demos with true count k vs the sliced prompt.
+
+    The zeroed prompts share one shape, so they run vmapped over k (half the program to compile);
+    each truncated prompt has its own shape."""
     N = H.shape[1] - 1
+    ks = jnp.arange(1, N + 1)
+    col = jnp.arange(N + 1)
+    zeroed = jax.vmap(lambda k: jnp.where((col >= k) & (col < N), 0.0, H))(ks)  # demos k+1..N set to 0
     errs = []
-    for k in range(1, N + 1):
-        zeroed = H.at[:, k:N].set(0.0)
-        truncated = jnp.concatenate([H[:, :k], H[:, N:]], axis=1)
-        for mask in ("demos", "causal"):
-            for scale in ("1", "1/N"):
-                want = attention.predict_tokens(params, truncated, mask=mask, scale=scale)
-                for path in ("gram", "tokens"):
-                    got = linear_query_predict(params, zeroed, jnp.asarray(k), mask=mask, scale=scale,
-                                               readout=1, path=path)
-                    errs.append(rel_err(got, want))
-    return jnp.stack(errs)
+    for mask in ("demos", "causal"):
+        for scale in ("1", "1/N"):
+            want = jnp.stack([attention.predict_tokens(params, jnp.concatenate([H[:, :k], H[:, N:]], axis=1),
+                                                       mask=mask, scale=scale) for k in range(1, N + 1)])
+            for path in ("gram", "tokens"):
+                got = jax.vmap(lambda h, k: linear_query_predict(params, h, k, mask=mask, scale=scale,
+                                                                 readout=1, path=path))(zeroed, ks)
+                errs.append(jax.vmap(rel_err)(got, want))
+    return jnp.concatenate(errs)
+
+
+@jax.jit  # weights and one prompt in one compilation (op by op, every primitive compiles on its own)
+def _weights_and_prompt(key, N=5, d=3):
+    k_p, k_h = jax.random.split(key)
+    return init_params(k_p, 3, d + 1, 0.8, jnp.float64), sample_linear(k_h, 1, N, d, dtype=jnp.float64).H[0]
 
 
 @pytest.mark.slow
@@ -98,27 +119,30 @@ def _zeroed_vs_truncated(params, H):
 def test_zeroed_demonstrations_equal_truncated_prompt(seed):
     """Zeroing demonstrations k+1..N (true count k in the scale) == the prompt sliced to k demos,
     for every k, both masks, both scales, both forward paths."""
-    N, d = 5, 3
-    k_p, k_h = jax.random.split(jax.random.PRNGKey(seed))
-    params = init_params(k_p, 3, d + 1, 0.8, jnp.float64)
-    H = sample_linear(k_h, 1, N, d, dtype=jnp.float64).H[0]
+    N = 5
+    params, H = _weights_and_prompt(jax.random.PRNGKey(seed))
     errs = np.asarray(_zeroed_vs_truncated(params, H))
     assert errs.shape == (N * 8,)
     assert errs.max() <= RTOL, f"zeroed vs truncated prompt: max rel. err {errs.max():.2e} > 1e-12"
 
 
-@pytest.mark.slow
 def test_zero_demonstration_contributes_nothing_to_delta_w():
     """A zero token adds nothing to ΔW_t, G_t, W_t at any layer and stays exactly zero."""
     d, N = 3, 5
-    params = init_params(jax.random.PRNGKey(1), 3, d + 1, 0.8, jnp.float64)
-    H = sample_linear(jax.random.PRNGKey(2), 1, N, d, dtype=jnp.float64).H[0]
-    padded = jnp.concatenate([H[:, :N], jnp.zeros((d + 1, 2)), H[:, N:]], axis=1)
-    a = trajectory(params, H, mask="demos", scale="1")
-    b = trajectory(params, padded, mask="demos", scale="1")
-    for name in ("delta_w", "G", "W"):  # exact in exact arithmetic; summation order differs
-        assert float(rel_err(getattr(a, name), getattr(b, name))) <= RTOL, f"{name}: two zero demos appended"
-    np.testing.assert_array_equal(np.asarray(b.states[:, :, N:N + 2]), 0.0, err_msg="zero tokens stay zero")
+    params = jax.jit(lambda k: init_params(k, 3, d + 1, 0.8, jnp.float64))(jax.random.PRNGKey(1))
+    H = np.asarray(jax.jit(lambda k: sample_linear(k, 1, N, d, dtype=jnp.float64).H[0])(jax.random.PRNGKey(2)))
+    padded = np.concatenate([H[:, :N], np.zeros((d + 1, 2)), H[:, N:]], axis=1)
+
+    @jax.jit  # both trajectories and their errors, one compilation
+    def compare(params, H, padded):
+        a = trajectory(params, H, mask="demos", scale="1")
+        b = trajectory(params, padded, mask="demos", scale="1")
+        return [rel_err(getattr(a, name), getattr(b, name)) for name in ("delta_w", "G", "W")], b.states
+
+    errs, states = compare(params, H, padded)
+    for name, err in zip(("delta_w", "G", "W"), errs):  # exact in exact arithmetic; summation order differs
+        assert float(err) <= RTOL, f"{name}: two zero demos appended"
+    np.testing.assert_array_equal(np.asarray(states)[:, :, N:N + 2], 0.0, err_msg="zero tokens stay zero")
 
 
 def test_curriculum_batch_zero_pads_inputs_and_demonstrations():
@@ -155,7 +179,7 @@ def test_softmax_curriculum_loss_equals_truncated_prompts():
 
     cur = Curriculum(d_start=3, d_step=0, n_start=2, n_step=1, every=100)
     cfg = TrainConfig(**{**TINY, **SOFTMAX}, seeds=2, curriculum=cur)
-    params = jax.tree_util.tree_map(lambda x: x[0], init_state(cfg).params)
+    params = _seed(init_state(cfg).params, 0)
     b = jax.jit(lambda key: sample_batch(cfg, key, 1))(jax.random.PRNGKey(4))
     got = jax.jit(lambda p: batch_loss(cfg, p, b))(params)
     scfg = softmax_config(cfg)
@@ -176,8 +200,8 @@ def test_vmapped_seeds_equal_separate_runs_and_same_seed_same_numbers():
     together = train(cfg, quiet=True).state
     for i in range(2):
         alone = train(dataclasses.replace(cfg, seed=3 + i, seeds=1), quiet=True).state
-        mine = jax.tree_util.tree_map(lambda x: x[i], together.params)
-        theirs = jax.tree_util.tree_map(lambda x: x[0], alone.params)
+        mine = _seed(together.params, i)
+        theirs = _seed(alone.params, 0)
         assert _tree_rel_err(mine, theirs) <= RTOL, f"seed index {i}: vmapped vs separate run, rtol 1e-12"
     again = train(cfg, quiet=True).state
     for a, b in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(again)):
