@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from lintrans import models, train_config, trained
-from lintrans.models import linear as linear_model
 from lintrans.numerics import rel_err
 from lintrans.tasks import sample_linear
 from lintrans.train import TrainConfig, batch_loss, init_model, predict_positions, predict_query, sample_batch, train
@@ -53,19 +52,22 @@ def test_training_code_never_compares_model_names():
 def test_every_model_honours_the_interface(name, tmp_path):
     spec = models.get(name)
     cfg = TrainConfig(**TINY.get(name, {**TINY["softmax"], "model": name}), **COMMON)
-    params = init_model(jax.random.PRNGKey(0), cfg)
+    # Jitted (eagerly, every primitive of the init compiles on its own); traced twice, each call its own
+    # jax.jit, so Python-side state in the init (a global RNG, a counter) would show as well.
+    params = jax.jit(lambda k: init_model(k, cfg))(jax.random.PRNGKey(0))
     assert isinstance(params, spec.params_type)
     # init is a pure function of the key: same key, bitwise the same parameters.
-    again = init_model(jax.random.PRNGKey(0), cfg)
+    again = jax.jit(lambda k: init_model(k, cfg))(jax.random.PRNGKey(0))
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg="init: same key, same parameters")
     batch = jax.jit(lambda k: sample_batch(cfg, k, 1))(jax.random.PRNGKey(1))
     loss = float(jax.jit(lambda p: batch_loss(cfg, p, batch))(params))
     assert np.isfinite(loss) and loss > 0
     # predict_query (batched, jitted) is the entry's one-prompt function vmapped.
-    H = sample_linear(jax.random.PRNGKey(2), 4, 6, 3, dtype=jnp.float64).H
+    H = jax.jit(lambda k: sample_linear(k, 4, 6, 3, dtype=jnp.float64).H)(jax.random.PRNGKey(2))
     got = predict_query(cfg, params, H)
-    want = jnp.stack([spec.predict_query(cfg, params, h) for h in H])
+    one_prompt = jax.jit(lambda p, h: spec.predict_query(cfg, p, h))  # compiled once for the loop over prompts
+    want = np.stack([np.asarray(one_prompt(params, h)) for h in np.asarray(H)])
     assert got.shape == (4,) and float(rel_err(got, want)) <= 1e-12, "predict_query vs the entry, rtol 1e-12"
     if spec.predict_positions is not None:
         pos = predict_positions(cfg, params, H)
@@ -111,7 +113,7 @@ def test_a_new_registry_entry_trains_with_the_existing_loop(monkeypatch):
                       dtype="float64", checkpoint_every=3, log_every=3)
     result = train(cfg, quiet=True)
     params = jax.tree_util.tree_map(lambda x: x[0], result.state.params)
-    H = sample_linear(jax.random.PRNGKey(3), 2, 3, 2, dtype=jnp.float64).H
+    H = jax.jit(lambda k: sample_linear(k, 2, 3, 2, dtype=jnp.float64).H)(jax.random.PRNGKey(3))
     flipped = predict_query(cfg, params, H)
     plain = predict_query(dataclasses.replace(cfg, model="linear"), params, H)
     np.testing.assert_array_equal(np.asarray(flipped), -np.asarray(plain), err_msg="the entry's own prediction is used")
