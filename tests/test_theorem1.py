@@ -26,7 +26,7 @@ def draw(seed, L, d_in, d_out, N, c, B=2):
     with numpy so that a new shape costs no sampler compilation (hypothesis draws many shapes)."""
     rng = np.random.default_rng(seed)
     D = d_in + d_out
-    params = LinearAttentionParams(*(jnp.asarray(rng.normal(0.0, c / np.sqrt(D), (L, D, D))) for _ in range(3)))
+    params = LinearAttentionParams(*(jax.device_put(rng.normal(0.0, c / np.sqrt(D), (L, D, D))) for _ in range(3)))
     H = rng.normal(size=(B, D, N + 1))
     H[:, d_in:, -1] = 0.0
     return params, H  # numpy: H[0] is then no eager slice (one compilation per shape); jit takes it as is
