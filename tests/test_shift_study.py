@@ -28,8 +28,8 @@ def _params():
 
 
 def _seed(params, s):
-    """Seed ``s``'s parameters, sliced in numpy and put back (an eager slice compiles once per leaf shape)."""
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[s]), params)
+    """Seed ``s``'s parameters, sliced in numpy and put back by jax.device_put (an eager slice or jnp.asarray compiles once per leaf shape)."""
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)[s]), params)
 
 
 def _sample(shift, key, n):
