@@ -21,7 +21,7 @@ F64 = jnp.float64
 def _prompt(seed, n, d):
     """Generic Gaussian (X_s, y_s, x_q); numpy draws (no JAX compile per shape) as float64 arrays."""
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.normal(size=(n, d))), jnp.asarray(rng.normal(size=n)), jnp.asarray(rng.normal(size=d))
+    return tuple(jax.device_put(a) for a in (rng.normal(size=(n, d)), rng.normal(size=n), rng.normal(size=d)))
 
 
 def _linear_prompts(seed, B, n, d, noise_std=0.0):
@@ -36,7 +36,7 @@ def _linear_prompts(seed, B, n, d, noise_std=0.0):
     y = np.einsum("bnd,bd->bn", X, w) + noise_std * rng.normal(size=(B, n + 1))
     H = np.concatenate([np.swapaxes(X, 1, 2), y[:, None, :]], axis=1)
     H[:, d, n] = 0.0
-    return jnp.asarray(H), y[:, n]
+    return jax.device_put(H), y[:, n]
 
 
 def _w_hat(estimator, X, y, x_q, **opts):
@@ -281,7 +281,7 @@ def test_optimal_one_step_eta_resolves_the_noise_term():
     y = np.einsum("bnd,bd->bn", X, w) + sigma * rng.normal(size=(B, N))
     x0 = jnp.zeros(d, F64)
     g = np.asarray(jax.jit(jax.vmap(lambda X_s, y_s: _w_hat(E.gd_one_step, X_s, y_s, x0, eta=1.0)))(
-        jnp.asarray(X), jnp.asarray(y)))  # ŵ(η = 1) = Xᵀy through the library estimator
+        jax.device_put(X), jax.device_put(y)))  # ŵ(η = 1) = Xᵀy through the library estimator
     u, v = np.sum(g * w, axis=1), np.sum(g * g, axis=1)
     eta_hat = u.mean() / v.mean()
     se = np.std(u - eta_hat * v, ddof=1) / np.sqrt(B) / v.mean()
