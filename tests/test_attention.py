@@ -63,11 +63,11 @@ def make(seed, L, d_in, N, init_scale=0.3, d_out=1, B=None):
     rng = np.random.default_rng(seed)
     D = d_in + d_out
     params = LinearAttentionParams(
-        *(jnp.asarray(rng.normal(0.0, init_scale / np.sqrt(D), (L, D, D))) for _ in range(3))
+        *(jax.device_put(rng.normal(0.0, init_scale / np.sqrt(D), (L, D, D))) for _ in range(3))
     )
     H = rng.normal(size=(B or 1, D, N + 1))
     H[:, d_in:, -1] = 0.0
-    return params, jnp.asarray(H if B else H[0])
+    return params, jax.device_put(H if B else H[0])
 
 
 # ---------------------------------------------------------------------------------------------
