@@ -163,7 +163,7 @@ def test_each_summand_invariant_under_scaling_G_and_C():
     c = 3.7
     w_v = np.array(params.w_v)  # scaled in numpy: no eager op to compile
     w_v[-1] *= c
-    scaled = params._replace(w_v=jnp.asarray(w_v))
+    scaled = params._replace(w_v=jax.device_put(w_v))
     s0, _ = _stats(params, batch, 8)
     s1, _ = _stats(scaled, batch, 8)
     n0, n1 = jax.tree_util.tree_map(np.asarray, (s0, s1))
