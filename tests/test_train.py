@@ -57,8 +57,8 @@ def _tree_rel_err(a, b):
 
 
 def _seed(tree, i):
-    """Seed ``i``'s slice of every leaf, sliced in numpy and put back (an eager slice compiles once per leaf shape)."""
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[i]), tree)
+    """Seed ``i``'s slice of every leaf, sliced in numpy and put back by jax.device_put (an eager slice or jnp.asarray compiles once per leaf shape)."""
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)[i]), tree)
 
 
 @pytest.mark.slow
