@@ -144,7 +144,7 @@ def test_perturbations_scale_with_the_data():
     assert abs(rms / (0.5 * sigma) - 1) <= 0.1  # 1197 draws: sampling error of an RMS ≈ 2 %
     H3 = np.asarray(H).copy()
     H3[:-1] *= 3.0
-    X3 = perturb(jax.random.PRNGKey(0), jnp.asarray(H3))
+    X3 = perturb(jax.random.PRNGKey(0), H3)
     assert jax.jit(rel_err)(X3, 3 * X) <= 1e-14
     assert bool(np.all(np.asarray(perturb(jax.random.PRNGKey(0), H)) == np.asarray(X)))
 
