@@ -20,8 +20,8 @@ So ``S = T (RᵀR) Tᵀ`` with ``T = A B``: ``D(D−1)/2`` normals (the strict u
 ``D`` chi variates per prompt, one ``D × D`` product per prompt (``RᵀR``; ``T``'s blocks are the
 shared ``C`` and the vector ``w``), whatever ``k`` is. Without label noise (``σ = 0``, a static
 zero) the noise coordinate of ``g_i`` is multiplied by 0, so only the inputs' ``d × d`` factor is
-drawn (``E = d`` instead of ``D``: ``d`` normals and a chi variate fewer per prompt; measured 1.22–1.37×
-faster sampling at the peers' sizes, issue 14). Same law as the token
+drawn (``E = d`` instead of ``D``: ``d`` normals and a chi variate fewer per prompt; measured 1.22–1.49×
+faster sampling at the peers' sizes, two interleaved runs under load, issue 14). Same law as the token
 sampler, different draws: a run with ``sampler="wishart"`` is reproducible from its seed but not
 equal draw for draw to a run with ``sampler="tokens"`` (and, since issue 14, not to a wishart run
 of earlier versions, which drew a full ``D × D`` normal array and used ``jax.random.gamma``, or,
@@ -233,7 +233,7 @@ def sample_linear_gram(
     noisy = not (isinstance(noise_std, (int, float)) and noise_std == 0)
 
     # The Bartlett factor's dimension: the label-noise coordinate of g_i enters S only through σ, so
-    # without noise only the d × d block is drawn (E = d: d(d−1)/2 + d values fewer per prompt).
+    # without noise only the d × d block is drawn (E = d: d normals and one chi proposal fewer per prompt).
     E = D if noisy else d
     # Every value of a prompt from one word stream: [upper triangle | chi proposals | w | x_q | noise]
     # normals, then the chi proposals' uniforms.
