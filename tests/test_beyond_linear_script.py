@@ -1,22 +1,17 @@
 """Smoke run of experiments/beyond_linear.py at tiny size (issue 16), and its bad inputs."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "beyond_linear.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("beyond_linear", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["beyond_linear"] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("beyond_linear")
 
 
 @pytest.mark.slow

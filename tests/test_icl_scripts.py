@@ -1,14 +1,13 @@
 """Smoke runs of experiments/train_icl.py and experiments/icl_curves.py (tiny sizes, tmp_path only),
 the effective step size read-back, the benchmark's naive training loss, and bad flags."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from lintrans.constructions import gd_construction
 from lintrans.numerics import rel_err
@@ -17,14 +16,7 @@ from lintrans.train import TrainConfig, batch_loss, init_state, sample_batch, se
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+_load = load_script
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """experiments/pruning_under_shift.py: a --quick smoke run, the results schema, and its errors (exit 2, one line)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "pruning_under_shift.py"
@@ -22,11 +22,7 @@ def _run(*args, timeout=900):
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("pruning_under_shift", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pruning_under_shift"] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("pruning_under_shift")
 
 
 @pytest.mark.parametrize("args,match", [
