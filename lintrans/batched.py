@@ -212,6 +212,8 @@ def linear_predict_gram(params: LinearAttentionParams, gram: jax.Array, query: j
     unroll = 1 if tiny else max(kq.shape[0] - 1, 1)
     (M, q), _ = jax.lax.scan(layer, (M, query), (kq[:-1], params.w_v[:-1]), unroll=unroll)
     # Last layer: only the label row of ΔW_L is read, e_yᵀΔW_L = (e_yᵀW_V) M kq, so no D×D
-    # product per prompt is needed.
-    row = einsum("bk,kl->bl", einsum("j,bjk->bk", params.w_v[-1, -1], M), kq[-1])
+    # product per prompt is needed. (e_yᵀW_V) M = (M W_Vᵀe_y)ᵀ since M is symmetric: contracting M's
+    # minor axis reads it in place, where contracting its middle axis made XLA transpose-copy it
+    # twice (forward and backward); measured 0.53 → 0.37 ms value-and-grad at L = 1, D = 11, B = 2048 (quiet).
+    row = einsum("bk,kl->bl", einsum("bjk,k->bj", M, params.w_v[-1, -1]), kq[-1])
     return readout * (q[:, -1] + jnp.sum(row * q, axis=1))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintrans import attention, models
+from lintrans.gram_sampler import SUM_MAX_DOF
 from lintrans.io import require_int
 from lintrans.models.softmax import softmax_config
 from lintrans.transformer import SoftmaxConfig
@@ -35,8 +36,9 @@ SAMPLERS = ("auto", "tokens", "wishart")
 #: The version of the draws a config gives (same law, other numbers when it changes). Part of a
 #: trained run's folder name (:func:`lintrans.trained.run_name`), so that a run trained on earlier
 #: draws is never reused as if this code had drawn it. 2: noiseless Wishart draws from the inputs'
-#: d × d Bartlett factor (issue 14).
-DRAWS_VERSION = 2
+#: d × d Bartlett factor (issue 14); 3: small static chi degrees of freedom drawn by sums
+#: (:func:`lintrans.gram_sampler.chi_by_sums`, issue 14).
+DRAWS_VERSION = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,6 +202,9 @@ def sampler_blocks(config: TrainConfig, sampler: str) -> float:
     float64): ``E(E−1)/2`` upper-triangle normals, ``E`` chi proposals (a normal and a uniform),
     ``w``, the query, one noise, with ``E = D`` (``σ > 0``) or ``E = d`` (noiseless: the Bartlett
     factor of the inputs alone); the chi retries (≈ 5 % of ``E`` elements × 8 values) are left out.
+    With every prompt's count static (no ``k_min``, no curriculum), a chi column of ``f ≤``
+    :data:`~lintrans.gram_sampler.SUM_MAX_DOF` degrees of freedom costs ``⌈f/2⌉`` values instead
+    (:func:`lintrans.gram_sampler.chi_by_sums`).
     """
     d, N, D = config.d_in, config.n_demos, config.dim
     noisy = config.noise_std > 0
@@ -208,7 +213,10 @@ def sampler_blocks(config: TrainConfig, sampler: str) -> float:
         return float(d + (N + 1) * d + noisy * (N + 1))
     if sampler == "wishart":
         words_per_value = 2 if config.dtype == "float64" else 1
-        return words_per_value * (E * (E - 1) / 2 + 2 * E + 2 * d + noisy) / 2
+        static = config.k_min is None and config.curriculum is None
+        dofs = [max(N - j, 0) for j in range(E)]
+        chi = sum(-(-f // 2) if static and f <= SUM_MAX_DOF else 2 for f in dofs)
+        return words_per_value * (E * (E - 1) / 2 + chi + 2 * d + noisy) / 2
     raise ValueError(f"sampler must be 'tokens' or 'wishart', got {sampler!r}")
 
 
@@ -218,8 +226,9 @@ def resolve_sampler(config: TrainConfig, path: str | None = None) -> str:
     ``"auto"`` is ``"wishart"`` iff the model reads prompts only through their Gram matrix
     (``reads_gram``, ``mask="demos"``), ``path == "batched"`` (the only path that reads a Gram
     matrix; ``path=None``: a batch every path can read, so tokens) and :func:`sampler_blocks` is
-    smaller for it; otherwise ``"tokens"``. E.g. noiseless, d = 10, N = 10: 120 vs 42.5 blocks
-    (wishart); d = 20, N = 4: 120 vs 135 (tokens).
+    smaller for it; otherwise ``"tokens"``. E.g. noiseless, d = 10, N = 10: 120 vs 47.5 blocks
+    (wishart); d = 20, N = 4: 120 vs 118 (wishart); d = 20,
+    N = 2: 80 vs 116 (tokens).
     """
     if config.sampler != "auto":
         return config.sampler

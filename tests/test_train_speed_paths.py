@@ -57,8 +57,8 @@ def test_batch_matmul_rejects_bad_shapes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [6, 2])
-def test_noiseless_wishart_draws_have_the_exact_moments(k):
+@pytest.mark.parametrize("k, static", [(6, False), (2, False), (6, True), (2, True)])
+def test_noiseless_wishart_draws_have_the_exact_moments(k, static):
     """σ = 0: the sampler draws only the inputs' d × d Bartlett factor (issue 14: fewer random words),
     and S is still Wishart, ``E S = kΣ``, ``Var S_jl = k(Σ_jl² + Σ_jj Σ_ll)`` with ``Σ = A Bᵀ B Aᵀ``,
     ``B = diag(C, 0)``: means within 5 standard errors, variances within 6 % (sampling error < 2 % at
@@ -68,7 +68,9 @@ def test_noiseless_wishart_draws_have_the_exact_moments(k):
     B, N, d = 40_000, 6, 3
     C = np.array([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.3, 2.0]])
     w = np.array([0.7, -1.2, 0.4])
-    g = jax.jit(lambda key: sample_linear_gram(key, B, N, d, n_true=jnp.full((B,), k), noise_std=0.0,
+    # static: k = n_demos for every prompt (chi columns by sums), else per-prompt counts (Marsaglia–Tsang).
+    n_demos, n_true = (k, None) if static else (N, jnp.full((B,), k))
+    g = jax.jit(lambda key: sample_linear_gram(key, B, n_demos, d, n_true=n_true, noise_std=0.0,
                                                cov_sqrt=jnp.asarray(C), w=jnp.broadcast_to(jnp.asarray(w), (B, d)),
                                                dtype=F64))(jax.random.PRNGKey(0))
     S = np.asarray(g.gram)
@@ -98,9 +100,10 @@ def test_auto_sampler_rule():
         cfg = TrainConfig(d_in=d, n_demos=N)
         assert sampler_blocks(cfg, "wishart") < sampler_blocks(cfg, "tokens")
         assert resolve_sampler(cfg, "batched") == "wishart"
-    # d = 20, N = 4, noiseless: 120 token values against 135 blocks of Bartlett draws: tokens.
-    cfg = TrainConfig(d_in=20, n_demos=4)
-    assert (sampler_blocks(cfg, "tokens"), sampler_blocks(cfg, "wishart")) == (120.0, 135.0)
+    # d = 20, N = 2, noiseless: 80 token values against 116 blocks of Bartlett draws (190 upper-triangle
+    # normals, chi columns of 2 and 1 degrees of freedom by sums, one word each, w and the query): tokens.
+    cfg = TrainConfig(d_in=20, n_demos=2)
+    assert (sampler_blocks(cfg, "tokens"), sampler_blocks(cfg, "wishart")) == (80.0, 116.0)
     assert resolve_sampler(cfg, "batched") == "tokens"
     # Paths that read tokens, a batch for every path (None), models that read tokens, the causal mask.
     cfg = TrainConfig(d_in=5, n_demos=20)
