@@ -93,29 +93,30 @@ class Peer:
 
 
 #: Where the side-by-side figures come from (quoted; no peer code is in this repository).
-SIDE_BY_SIDE = ("measured on the development machine (2-core CPU, quiet: load average 1.7-1.9, the run's own "
-                "two threads), 2026-12-02, two runs after the noiseless-Wishart change: one process, the peers' "
-                "own code outside this repository (von Oswald et al.'s haiku code on jax 0.10.2 and dm-haiku "
-                "0.0.17, their notebook's training-loop body; Ahn et al.'s PyTorch code on torch 2.13.0 CPU, "
-                "2 threads, their notebook's loop body) and lintrans's default step, interleaved rounds of "
-                "10 steps, median of 7 rounds")
+SIDE_BY_SIDE = ("measured on the development machine (2-core CPU, quiet: load average 0.3-0.4 before, 1.5-1.6 after "
+                "each run, the run's own two threads), 2026-12-02, two runs on the commit that re-applied the issue-14 "
+                "step (chi by sums, S = M^T M, the last layer read in place): one process, the peers' own code outside "
+                "this repository (von Oswald et al.'s haiku code on jax 0.10.2 and dm-haiku 0.0.17, their notebook's "
+                "training-loop body; Ahn et al.'s PyTorch code on torch 2.13.0 CPU, 2 threads, their notebook's loop "
+                "body) and lintrans's default step, interleaved rounds of 10 steps, median of 7 rounds; ratio = "
+                "median over median within a run")
 
 # Peer figures: quoted from issue 14, measured by the issue's author (not measured here), and the
 # side-by-side figures (SIDE_BY_SIDE).
 VON_OSWALD = Peer("von_oswald", "von Oswald et al., 1 layer, d 10, N 10, batch 2048", 1, 10, 10, 2048,
                   (("von Oswald (their JAX code, current JAX)", 131.0, 131.0),
                    ("von Oswald (their code, pinned JAX 0.4.13)", 64.0, 65.0)), (165.0, 173.0),
-                  (("von Oswald (their code, jax 0.10.2)", 52.9, 62.4, 2.79, 2.91),), (147.7, 181.7))
+                  (("von Oswald (their code, jax 0.10.2)", 30.9, 39.5, 3.46, 3.66),), (107.0, 144.2))
 AHN_1 = Peer("ahn_1layer", "Ahn et al. (PyTorch), 1 layer, d 5, N 20, batch 4000", 1, 5, 20, 4000,
              (("Ahn (PyTorch)", 66.0, 71.0),), (129.0, 159.0),
-             (("Ahn (PyTorch 2.13)", 26.9, 28.0, 9.49, 9.73),), (254.9, 271.9))
+             (("Ahn (PyTorch 2.13)", 21.0, 29.8, 5.91, 7.50),), (157.2, 176.3))
 AHN_3 = Peer("ahn_3layer", "Ahn et al. (PyTorch), 3 layers, d 5, N 20, batch 4000", 3, 5, 20, 4000,
              (("Ahn (PyTorch)", 23.0, 27.0),), (27.6, 29.7),
-             (("Ahn (PyTorch 2.13)", 8.1, 9.0, 7.00, 7.37),), (56.8, 66.2))
+             (("Ahn (PyTorch 2.13)", 6.6, 9.8, 5.70, 5.84),), (38.2, 55.8))
 GARG = Peer("d20_n40_l4", "d 20, N 40, 4 layers, batch 256", 4, 20, 40, 256,
             (("von Oswald (current JAX)", 42.0, 43.0), ("Ahn (PyTorch)", 63.0, 67.0)), (123.0, 129.0),
-            (("von Oswald (their code, jax 0.10.2)", 12.7, 14.4, 3.65, 3.79),
-             ("Ahn (PyTorch 2.13)", 22.5, 22.7, 2.05, 2.41)), (46.2, 54.7))
+            (("von Oswald (their code, jax 0.10.2)", 8.8, 12.6, 3.46, 3.80),
+             ("Ahn (PyTorch 2.13)", 13.9, 19.6, 2.22, 2.40)), (33.3, 43.4))
 
 
 @dataclasses.dataclass(frozen=True)
