@@ -192,3 +192,27 @@ def test_bad_flags_exit_2_with_one_error_line(capsys):
         with pytest.raises(SystemExit) as info:
             _load(script).main(argv)
         assert info.value.code == 2 and capsys.readouterr().err.startswith("error:")
+
+
+def test_run_score_label_joins_estimators_not_measurably_farther():
+    # A 1-layer GD construction at η* predicts exactly as gd_1step_opt; the run's label names it and
+    # joins (with "≈") whatever is not measurably farther, so it cannot flip to a near-identical one.
+    import jax
+    import numpy as np
+
+    from lintrans.constructions import gd_construction
+    from lintrans.estimators import gd_one_step_optimal_eta
+    from lintrans.train_config import TrainConfig
+    from lintrans.train_eval import score_run
+
+    tc = TrainConfig(model="linear", d_in=3, n_demos=10, n_layers=1, scale="1", readout=-1, seeds=2,
+                     dtype="float64", steps=10, warmup_steps=0)
+    one = gd_construction([gd_one_step_optimal_eta(tc.n_demos, tc.d_in, tc.noise_std)], tc.d_in)
+    params = jax.tree_util.tree_map(lambda x: np.stack([x, x]), one)
+    res = score_run(tc, params, test_prompts=256, test_seed=0, tune_prompts=256, ridge_lam=0.1)
+    names = res["closest_estimator"].split("≈")
+    assert "gd_1step_opt" in names, res["closest_estimator"]
+    assert set(names) <= set(res["prediction_distance"]), names
+    dist = res["prediction_distance"]
+    assert min(dist, key=dist.get) in names  # the nearest is always named
+    assert dist["gd_1step_opt"] < 1e-20  # identical predictions up to float64 rounding (atol 1e-20 on a mean square)
