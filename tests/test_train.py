@@ -95,15 +95,20 @@ def _zeroed_vs_truncated(params, H):
     ks = jnp.arange(1, N + 1)
     col = jnp.arange(N + 1)
     zeroed = jax.vmap(lambda k: jnp.where((col >= k) & (col < N), 0.0, H))(ks)  # demos k+1..N set to 0
+    # ŷ is one coordinate of the final query state q_L, computed with the rest of it, so the error is
+    # relative to max(|ŷ|, ‖q_L‖): a coordinate that nearly cancels (seed 1482, k = 2: ŷ = 4.7e-4 with
+    # ‖q_L‖ = O(1)) cannot be computed to 1e-12 of itself (it failed at 6.8e-12 of |ŷ| by rounding alone).
     errs = []
     for mask in ("demos", "causal"):
         for scale in ("1", "1/N"):
-            want = jnp.stack([attention.predict_tokens(params, jnp.concatenate([H[:, :k], H[:, N:]], axis=1),
-                                                       mask=mask, scale=scale) for k in range(1, N + 1)])
+            trunc = [jnp.concatenate([H[:, :k], H[:, N:]], axis=1) for k in range(1, N + 1)]
+            want = jnp.stack([attention.predict_tokens(params, h, mask=mask, scale=scale) for h in trunc])
+            q_norm = jnp.stack([jnp.linalg.norm(trajectory(params, h, mask=mask, scale=scale).states[-1][:, -1])
+                                for h in trunc])
             for path in ("gram", "tokens"):
                 got = jax.vmap(lambda h, k: linear_query_predict(params, h, k, mask=mask, scale=scale,
                                                                  readout=1, path=path))(zeroed, ks)
-                errs.append(jax.vmap(rel_err)(got, want))
+                errs.append(jnp.abs(got - want) / jnp.maximum(jnp.abs(want), q_norm))
     return jnp.concatenate(errs)
 
 
@@ -118,12 +123,12 @@ def _weights_and_prompt(key, N=5, d=3):
 @given(seed=st.integers(0, 2**16))
 def test_zeroed_demonstrations_equal_truncated_prompt(seed):
     """Zeroing demonstrations k+1..N (true count k in the scale) == the prompt sliced to k demos,
-    for every k, both masks, both scales, both forward paths."""
+    for every k, both masks, both scales, both forward paths (error ≤ 1e-12 of max(|ŷ|, ‖q_L‖))."""
     N = 5
     params, H = _weights_and_prompt(jax.random.PRNGKey(seed))
     errs = np.asarray(_zeroed_vs_truncated(params, H))
     assert errs.shape == (N * 8,)
-    assert errs.max() <= RTOL, f"zeroed vs truncated prompt: max rel. err {errs.max():.2e} > 1e-12"
+    assert errs.max() <= RTOL, f"zeroed vs truncated prompt: max error relative to max(|y|, |q_L|) {errs.max():.2e} > 1e-12"
 
 
 def test_zero_demonstration_contributes_nothing_to_delta_w():
