@@ -216,6 +216,20 @@ def test_words_and_transforms_are_jax_random_on_the_same_bits():
         normals_from_words(np.zeros((1000, 1), np.uint32), jnp.float16)
 
 
+def _assert_chi_squared_law(sq, columns, col_chi2):
+    """Columns ``j`` of ``sq`` (``n`` draws each) follow χ²(ν) for ``(j, ν)`` in ``columns``: E = ν within
+    5 standard errors, Var = 2ν within 6 %, and column ``col_chi2`` (ν = 2) has the CDF 1 − e^{−t/2} at
+    three points (5 standard errors)."""
+    n = sq.shape[0]
+    for j, nu in columns:
+        se = np.sqrt(2 * nu / n)
+        assert abs(sq[:, j].mean() - nu) < 5 * se, f"E χ²({nu}) = {nu}: {sq[:, j].mean():.4f}, 5 s.e. {5 * se:.4f}"
+        np.testing.assert_allclose(sq[:, j].var(), 2 * nu, rtol=0.06, err_msg=f"Var χ²({nu}) = 2ν, rtol 6 %")
+    for t in (0.5, 2.0, 5.0):
+        p = 1 - np.exp(-t / 2)
+        assert abs((sq[:, col_chi2] <= t).mean() - p) < 5 * np.sqrt(p * (1 - p) / n), f"P(χ²(2) ≤ {t}) = 1 − e^(−t/2)"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("forced_retry", [False, True])
 def test_chi_variates_have_the_chi_law(forced_retry):
@@ -235,14 +249,7 @@ def test_chi_variates_have_the_chi_law(forced_retry):
     chi = np.asarray(jax.jit(chi_variates)(kr, dof, z, u))
     assert np.all(np.isfinite(chi)) and np.all(chi >= 0)
     np.testing.assert_array_equal(chi[:, 0], 0.0, err_msg="χ(0) = 0")
-    sq = chi**2
-    for j, nu in enumerate(dofs[1:], start=1):
-        se = np.sqrt(2 * nu / n)
-        assert abs(sq[:, j].mean() - nu) < 5 * se, f"E χ²({nu}) = {nu}: {sq[:, j].mean():.4f}, 5 s.e. {5 * se:.4f}"
-        np.testing.assert_allclose(sq[:, j].var(), 2 * nu, rtol=0.06, err_msg=f"Var χ²({nu}) = 2ν, rtol 6 %")
-    for t in (0.5, 2.0, 5.0):
-        p = 1 - np.exp(-t / 2)
-        assert abs((sq[:, 2] <= t).mean() - p) < 5 * np.sqrt(p * (1 - p) / n), f"P(χ²(2) ≤ {t}) = 1 − e^(−t/2)"
+    _assert_chi_squared_law(chi**2, list(enumerate(dofs))[1:], list(dofs).index(2))
 
 
 def test_chi_by_sums_has_the_chi_law_and_refuses_a_mismatched_stream():
@@ -258,14 +265,7 @@ def test_chi_by_sums_has_the_chi_law_and_refuses_a_mismatched_stream():
     chi = np.asarray(jax.jit(chi_by_sums, static_argnums=0)(tuple(dofs), u, z))
     assert chi.shape == (n, len(dofs)) and np.all(np.isfinite(chi)) and np.all(chi >= 0)
     np.testing.assert_array_equal(chi[:, 0], 0.0, err_msg="χ(0) = 0")
-    sq = chi**2
-    for f in dofs[1:]:
-        se = np.sqrt(2 * f / n)
-        assert abs(sq[:, f].mean() - f) < 5 * se, f"E χ²({f}) = {f}: {sq[:, f].mean():.4f}, 5 s.e. {5 * se:.4f}"
-        np.testing.assert_allclose(sq[:, f].var(), 2 * f, rtol=0.06, err_msg=f"Var χ²({f}) = 2f, rtol 6 %")
-    for t in (0.5, 2.0, 5.0):
-        p = 1 - np.exp(-t / 2)
-        assert abs((sq[:, 2] <= t).mean() - p) < 5 * np.sqrt(p * (1 - p) / n), f"P(χ²(2) ≤ {t}) = 1 − e^(−t/2)"
+    _assert_chi_squared_law(chi**2, list(enumerate(dofs))[1:], list(dofs).index(2))
     with pytest.raises(ValueError, match="need 1 uniforms and 1 normals"):
         chi_by_sums((3,), u[:, :2], z[:, :1])
     with pytest.raises(ValueError, match="dofs must be integers >= 0"):
