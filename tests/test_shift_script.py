@@ -71,3 +71,26 @@ def test_quick_smoke_run_and_schema(tmp_path):
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
         "shift_choices_quick.png", "shift_heatmap_quick.png", "shift_mechanism_quick.png", "shift_onelayer_quick.png"]
     assert "wrote:" in r.stdout
+
+
+def test_rate_choice_figure_cuts_a_divergent_tail_at_the_axis_edge():
+    """One +4e75 % change must not stretch the axis over every other row: the axis stays at
+    ±CHOICE_AXIS_LIMIT and the cut point is labelled with its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lintrans.plots.shift import CHOICE_AXIS_LIMIT, choices
+
+    def choice(rel, lo, hi):
+        return {"rel_change": rel, "rel_change_ci95": [lo, hi]}
+
+    shifts = {"none": {"choices": {"algorithm1": choice(-0.01, -0.02, 0.0), "oracle": choice(-0.02, -0.03, -0.01),
+                                   "label_free": choice(4e73, -9e73, 1.7e74)}},
+              "x_scale=2": {"choices": {"algorithm1": choice(-0.8, -0.85, -0.75), "oracle": choice(-0.8, -0.85, -0.75),
+                                        "label_free": choice(0.5, 0.2, 0.8)}}}
+    fig = choices({"models": [{"model": "m", "shifts": shifts}]})
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (-1.05 * CHOICE_AXIS_LIMIT, 1.05 * CHOICE_AXIS_LIMIT)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["+4.0e+75 %"], texts  # the cut point's value, and only that one
+    assert "cut at the edge" in ax.get_xlabel()

@@ -120,6 +120,10 @@ def mechanism(results: dict):
     return fig
 
 
+#: Half-width (%) of the rate-choice figure's axis; changes beyond it are drawn at the edge, labelled.
+CHOICE_AXIS_LIMIT = 1e4
+
+
 def choices(results: dict):
     rows = [(m["model"], s, e["choices"]) for m in results["models"] for s, e in m["shifts"].items()
             if "oracle" in e.get("choices", {})]
@@ -128,18 +132,31 @@ def choices(results: dict):
     fig, ax = plotting.figure(width=7.2, height=0.22 * len(rows) + 1.4)
     methods = ("algorithm1", "label_free", "oracle")
     names = {"algorithm1": "Algorithm 1 (validation)", "label_free": "label-free (bound)", "oracle": "oracle (test set)"}
+    cut = False
     for k, meth in enumerate(methods):
         y = np.arange(len(rows)) + (k - 1) * 0.25
         v = np.array([100 * _v(r[2][meth]["rel_change"]) if meth in r[2] else np.nan for r in rows])
         ci = np.array([[100 * _v(x) for x in r[2][meth]["rel_change_ci95"]] if meth in r[2] else [np.nan, np.nan] for r in rows])
-        ax.errorbar(v, y, xerr=[np.maximum(v - ci[:, 0], 0), np.maximum(ci[:, 1] - v, 0)], fmt="o", ms=3, capsize=2,
-                    color=f"C{k}", label=names[meth])
+        # A divergent tail (an 8-layer model's +4e75 %) would stretch the axis until every other row sat on
+        # 0: points and intervals beyond ±CHOICE_AXIS_LIMIT are cut at the edge, the point marked and its value written.
+        vc, cic = np.clip(v, -CHOICE_AXIS_LIMIT, CHOICE_AXIS_LIMIT), np.clip(ci, -CHOICE_AXIS_LIMIT, CHOICE_AXIS_LIMIT)
+        ax.errorbar(vc, y, xerr=[np.maximum(vc - cic[:, 0], 0), np.maximum(cic[:, 1] - vc, 0)], fmt="o", ms=3,
+                    capsize=2, color=f"C{k}", label=names[meth])
+        for yi, vi in zip(y, v):
+            if np.isfinite(vi) and abs(vi) > CHOICE_AXIS_LIMIT:
+                cut = True
+                edge = np.sign(vi) * CHOICE_AXIS_LIMIT
+                ax.plot([edge], [yi], marker=">" if vi > 0 else "<", ms=6, color=f"C{k}", ls="none")
+                ax.annotate(f"{vi:+.1e} %", (edge, yi), xytext=(-4 if vi > 0 else 4, 0), textcoords="offset points",
+                            ha="right" if vi > 0 else "left", va="center", fontsize=8, color=f"C{k}")
+    ax.set_xlim(-1.05 * CHOICE_AXIS_LIMIT, 1.05 * CHOICE_AXIS_LIMIT)
     ax.axvline(0, color="k", lw=0.6)
     ax.set_yticks(np.arange(len(rows)), [f"{m} | {s}" for m, s, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("symlog", linthresh=1.0)
     plotting.sparse_symlog_ticks(ax, "x")  # a tick per decade crowds the labels when a tail reaches 1e7 %
-    ax.set_xlabel("test error change of the chosen attn clip (%, symlog; 95 % interval over seeds)")
+    ax.set_xlabel("test error change of the chosen attn clip (%, symlog; 95 % interval over seeds)"
+                  + (f"\nbeyond ±{CHOICE_AXIS_LIMIT:.0e} %: cut at the edge, the point marked ▶/◀ with its value" if cut else ""))
     plotting.legend_outside(ax)
     return fig
 
