@@ -227,8 +227,8 @@ def resolve_sampler(config: TrainConfig, path: str | None = None) -> str:
     (``reads_gram``, ``mask="demos"``), ``path == "batched"`` (the only path that reads a Gram
     matrix; ``path=None``: a batch every path can read, so tokens) and :func:`sampler_blocks` is
     smaller for it; otherwise ``"tokens"``. E.g. noiseless, d = 10, N = 10: 120 vs 47.5 blocks
-    (wishart); d = 20, N = 4: 120 vs 118 (wishart); d = 20,
-    N = 2: 80 vs 116 (tokens).
+    (wishart); d = 20, N = 4: 120 vs 118 (wishart); d = 20, N = 2: 80 vs 116
+    (tokens).
     """
     if config.sampler != "auto":
         return config.sampler
