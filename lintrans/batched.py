@@ -19,7 +19,8 @@ from lintrans.numerics import einsum
 from lintrans.params import LinearAttentionParams
 
 __all__ = ["demo_gram", "attention_scale", "linear_query_predict", "linear_predict_batch", "linear_predict_gram",
-           "batch_matmul", "TINY_MATMUL_MAX_DIM", "FORWARD_FUSED_MAX_DIM"]
+           "batch_matmul", "implicit_layers", "TINY_MATMUL_MAX_DIM",
+           "FORWARD_FUSED_MAX_DIM", "IMPLICIT_MAX_LAYERS", "IMPLICIT_MAX_LAYERS_TINY"]
 
 #: Batched products ``(B, I, J) @ (B, J, K)`` with ``J ≤`` this are written as ``J`` fused
 #: multiply-adds instead of a batched GEMM (:func:`batch_matmul`). Why, measured on the 2-core CPU
@@ -35,6 +36,18 @@ TINY_MATMUL_MAX_DIM = 8
 #: triangular factors 6.2 → 0.46 ms (``B = 4000, D = 6``), 4.2 → 0.56 ms (``2048, 11``),
 #: 1.0 → 0.57 ms (``256, 21``). Not measured beyond 21; the cost grows as ``J`` passes.
 FORWARD_FUSED_MAX_DIM = 24
+#: :func:`linear_predict_gram` applies at most this many middle layers' Gram matrices ``M_t``
+#: implicitly, as ``3^j`` matrix-vector products with the last one formed (:func:`_gram_apply`),
+#: instead of forming each with two batched ``D × D`` products per prompt. Measured on the 2-core
+#: CPU (issue 14, float32 value-and-grad, quiet), formed vs implicit: ``L = 4, D = 21, B = 256``
+#: 16.9 → 7.0 ms; ``L = 3``: 10.2 → 1.8 ms; ``L = 3, D = 11, B = 2048``: 42.9 → 8.9 ms. At
+#: ``L = 5, D = 21`` three implicit layers (22.3 ms) beat four (28.4) and none (27.9); at ``L = 6``
+#: three (18.2) beat four (18.7) and none (24.4): the cost grows as ``3^j``, so the rest are formed.
+IMPLICIT_MAX_LAYERS = 3
+#: The same cap for ``D ≤`` :data:`TINY_MATMUL_MAX_DIM`, where forming ``M_t`` is cheap fused
+#: multiply-adds: at ``L = 4, D = 6, B = 4000`` two implicit layers (23.7 ms) beat three (26.6)
+#: and none (36.9); at ``L = 3`` one (11.0) and two (11.8) are alike, none 19.4.
+IMPLICIT_MAX_LAYERS_TINY = 2
 
 
 def _fused_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -136,12 +149,15 @@ def linear_predict_batch(params: LinearAttentionParams, H: jax.Array, n_true=Non
     Symbols → code: ``S`` → ``gram``, ``M_t`` → ``M``, ``W_K^tᵀ W_Q^t`` → ``kq``, ``ρ`` → ``readout``;
     ``s = 1``, ``1/N`` or, with ``n_true = k`` (zeroed demonstrations), ``1/k`` per prompt.
     Why not ``vmap(attention.predict)``: the same recursion, but written on the batch so that the
-    products with a layer's weights (``W_V M``, ``(W_V M) kq``) are single large matrix products
-    and only two ``D × D`` products per prompt and layer (``T M``, ``(T M) Tᵀ``, ``T = I + ΔW``) are
-    batched, none in the last layer, where only the label row ``e_yᵀ ΔW_L = (e_yᵀ W_V^L) M_{L-1} kq`` is needed
-    (the batched ones through :func:`batch_matmul`, fused multiply-adds at small ``D``);
-    measured about 3× faster for value-and-grad than ``vmap(attention.predict)`` at
-    ``L = 4, D = 21, B = 256`` on a CPU. Equal to
+    products with a layer's weights are single large matrix products. The last layer needs only
+    the label row ``e_yᵀ ΔW_L = (e_yᵀ W_V^L) M_{L-1} kq``, so ``M_{L-1}`` is only applied to one
+    vector; so are the :func:`implicit_layers` (up to :data:`IMPLICIT_MAX_LAYERS`) middle layers
+    before it, through ``M_t x = T_t M_{t-1} T_tᵀ x`` (``T = I + ΔW``) as matrix-vector products
+    with the last ``M_t`` formed; the earlier layers form ``M_t`` with two batched ``D × D``
+    products per prompt (``T M``, ``(T M) Tᵀ``, through :func:`batch_matmul`, fused multiply-adds
+    at small ``D``). Measured about 3× faster for value-and-grad than ``vmap(attention.predict)``
+    at ``L = 4, D = 21, B = 256`` on a CPU with every ``M_t`` formed, and 2× faster again with
+    the implicit layers. Equal to
     :func:`lintrans.attention.predict` and :func:`~lintrans.attention.predict_tokens` up to rounding
     (tested in float64 at 1e-12).
 
@@ -192,6 +208,67 @@ def linear_predict_gram(params: LinearAttentionParams, gram: jax.Array, query: j
         raise ValueError(f"s must have shape ({B},), got {s.shape}")
     M = gram * s[:, None, None]
     kq = einsum("lji,ljk->lik", params.w_k, params.w_q)  # W_K^tᵀ W_Q^t, all layers
+    L = kq.shape[0]
+    n_implicit = implicit_layers(L, D)
+    n_explicit = L - 1 - n_implicit
+    q = query
+    if n_explicit:
+        M, q = _materialised_layers(M, q, kq[:n_explicit], params.w_v[:n_explicit])
+    implicit = tuple(zip(kq[n_explicit:-1], params.w_v[n_explicit:-1]))
+    for t, (kq_t, w_v) in enumerate(implicit):
+        q = q + _vec(w_v, _gram_apply(M, implicit[:t], _vec(kq_t, q)))  # q_t = T_t q_{t-1}
+    # Last layer: only the label row of ΔW_L is read, e_yᵀΔW_L = (e_yᵀW_V) M_{L-1} kq = (M_{L-1} W_Vᵀe_y)ᵀ kq
+    # since M_{L-1} is symmetric, so no D×D product per prompt is needed.
+    row = einsum("bk,kl->bl", _gram_apply(M, implicit, params.w_v[-1, -1]), kq[-1])
+    return readout * (q[:, -1] + jnp.sum(row * q, axis=1))
+
+
+def implicit_layers(n_layers: int, d: int) -> int:
+    """How many of the middle layers :func:`linear_predict_gram` applies without forming ``M_t``.
+
+    ``min(L - 1, cap)``, ``cap`` = :data:`IMPLICIT_MAX_LAYERS`, or :data:`IMPLICIT_MAX_LAYERS_TINY`
+    for token size ``D = d ≤`` :data:`TINY_MATMUL_MAX_DIM`: the last layer never forms ``M_L``
+    (only ``M_{L-1} w`` is read), the ``j`` layers before it form neither, and the first
+    ``L - 1 - j`` form ``M_t`` with batched products. Only speed depends on it, not the values
+    (equal up to rounding; tested in float64).
+    """
+    cap = IMPLICIT_MAX_LAYERS_TINY if d <= TINY_MATMUL_MAX_DIM else IMPLICIT_MAX_LAYERS
+    return max(min(n_layers - 1, cap), 0)
+
+
+def _vec(w: jax.Array, x: jax.Array) -> jax.Array:
+    # W x for every prompt's vector x (B, D), one (B, D) × (D, D) product, or for one shared x (D,).
+    return einsum("ij,...j->...i", w, x)
+
+
+def _vec_t(w: jax.Array, x: jax.Array) -> jax.Array:
+    return einsum("ji,...j->...i", w, x)
+
+
+def _gram_apply(M: jax.Array, layers: tuple, x: jax.Array) -> jax.Array:
+    """``M_{m+j} x`` from the formed ``M_m``, through the ``j`` layers ``(kq_t, W_V^t)`` after it.
+
+    ``M_t x = T_t M_{t-1} T_tᵀ x`` with ``T_t x = x + W_V^t M_{t-1} (kq_t x)`` and
+    ``T_tᵀ x = x + kq_tᵀ M_{t-1} (W_V^tᵀ x)`` (``M_{t-1}`` symmetric), so each level is three
+    applications of the one below: ``3^j`` matrix-vector products with ``M_m`` per prompt. ``M``
+    ``(B, D, D)``; ``x`` ``(B, D)``, or ``(D,)`` shared by every prompt (the label row ``W_Vᵀe_y``),
+    whose first chain of products then stays shared down to one ``(B·D, D) × (D,)`` product.
+    """
+    if not layers:
+        # Contracting M's minor axis reads it in place (M symmetric); contracting its middle axis
+        # made XLA transpose-copy it, forward and backward: 0.53 → 0.37 ms value-and-grad at
+        # L = 1, D = 11, B = 2048 (quiet).
+        return einsum("bij,j->bi", M, x) if x.ndim == 1 else einsum("bij,bj->bi", M, x)
+    *below, (kq_t, w_v) = layers
+    below = tuple(below)
+    y = x + _vec_t(kq_t, _gram_apply(M, below, _vec_t(w_v, x)))  # T_tᵀ x
+    z = _gram_apply(M, below, y)
+    return z + _vec(w_v, _gram_apply(M, below, _vec(kq_t, z)))  # T_t z
+
+
+def _materialised_layers(M: jax.Array, q: jax.Array, kq: jax.Array, w_v: jax.Array):
+    """``(M_m, q_m)`` from ``(M_0, q_0)`` through ``m`` layers, forming each ``M_t = T_t M_{t-1} T_tᵀ``."""
+    D = q.shape[1]
     eye = jnp.eye(D, dtype=M.dtype)
     tiny = D <= TINY_MATMUL_MAX_DIM
 
@@ -208,12 +285,7 @@ def linear_predict_gram(params: LinearAttentionParams, gram: jax.Array, query: j
 
     # Unrolled when the products are einsums (D > TINY_MATMUL_MAX_DIM): measured 17.0 → 14.3 ms at
     # L = 4, D = 21 (and 67 → 59 ms at D = 11); at D = 6 unrolling was slower (16.8 → 24.5 ms).
-    # Compilation grows with L when unrolled.
-    unroll = 1 if tiny else max(kq.shape[0] - 1, 1)
-    (M, q), _ = jax.lax.scan(layer, (M, query), (kq[:-1], params.w_v[:-1]), unroll=unroll)
-    # Last layer: only the label row of ΔW_L is read, e_yᵀΔW_L = (e_yᵀW_V) M kq, so no D×D
-    # product per prompt is needed. (e_yᵀW_V) M = (M W_Vᵀe_y)ᵀ since M is symmetric: contracting M's
-    # minor axis reads it in place, where contracting its middle axis made XLA transpose-copy it
-    # twice (forward and backward); measured 0.53 → 0.37 ms value-and-grad at L = 1, D = 11, B = 2048 (quiet).
-    row = einsum("bk,kl->bl", einsum("bjk,k->bj", M, params.w_v[-1, -1]), kq[-1])
-    return readout * (q[:, -1] + jnp.sum(row * q, axis=1))
+    # Compilation grows with the layer count when unrolled.
+    unroll = 1 if tiny else max(kq.shape[0], 1)
+    (M, q), _ = jax.lax.scan(layer, (M, q), (kq, w_v), unroll=unroll)
+    return M, q

@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintrans.batched import TINY_MATMUL_MAX_DIM, batch_matmul
+from lintrans import attention
+from lintrans import batched as lb
+from lintrans.batched import TINY_MATMUL_MAX_DIM, batch_matmul, implicit_layers
 from lintrans.numerics import einsum, rel_err
+from lintrans.params import init_params
 from lintrans.train import TrainConfig, init_state, make_train_step, sample_batch, seed_keys, train
 from lintrans.train_config import resolve_sampler, sampler_blocks
 
@@ -57,6 +60,38 @@ def test_batch_matmul_rejects_bad_shapes():
 
 
 @pytest.mark.slow
+def test_implicit_layers_rule():
+    """The Gram path's split (lintrans.batched.implicit_layers): L - 1 middle layers at most, capped by D."""
+    assert [implicit_layers(L, TINY_MATMUL_MAX_DIM + 1) for L in range(1, 7)] == [0, 1, 2, 3, 3, 3]
+    assert [implicit_layers(L, TINY_MATMUL_MAX_DIM) for L in range(1, 7)] == [0, 1, 2, 2, 2, 2]
+    assert lb.IMPLICIT_MAX_LAYERS == 3 and lb.IMPLICIT_MAX_LAYERS_TINY == 2
+
+
+@pytest.mark.parametrize("n_layers, dim", [(1, 5), (2, 10), (4, 5), (4, 10), (5, 5), (5, 10)])
+def test_gram_path_with_implicit_layers_equals_token_forward(n_layers, dim):
+    """linear_predict_batch (j = implicit_layers(L, D) middle layers applied as matrix-vector products,
+    the first L - 1 - j formed) == vmap(attention.predict_tokens), values and gradients, float64, rtol 1e-12.
+
+    The cases cover every split: no middle layer (L = 1), all implicit (L = 2; L = 4 at D = 10), and
+    formed followed by implicit (L = 4, 5 at D = 5; L = 5 at D = 10), on both sides of
+    TINY_MATMUL_MAX_DIM (fused products vs einsums in the formed layers)."""
+    k_p, k_h, k_y = jax.random.split(jax.random.key(n_layers * 100 + dim), 3)
+    params = init_params(k_p, n_layers, dim, 0.5, F64)
+    H = jax.random.normal(k_h, (6, dim, 8), F64)
+    y = jax.random.normal(k_y, (6,), F64)
+
+    def loss(predict, p):
+        return jnp.mean((predict(p) - y) ** 2)
+
+    fast = jax.jit(jax.value_and_grad(lambda p: loss(lambda q: lb.linear_predict_batch(q, H, scale="1/N", readout=-1), p)))
+    ref = jax.jit(jax.value_and_grad(lambda p: loss(
+        lambda q: jax.vmap(lambda h: attention.predict_tokens(q, h, scale="1/N", readout=-1))(H), p)))
+    (v_fast, g_fast), (v_ref, g_ref) = fast(params), ref(params)
+    assert np.isfinite(float(v_ref)) and float(v_ref) > 0
+    assert float(rel_err(v_fast, v_ref)) <= RTOL, f"loss, L={n_layers}, D={dim}: Gram path vs token forward, rtol 1e-12"
+    assert _tree_rel_err(g_fast, g_ref) <= RTOL, f"gradients, L={n_layers}, D={dim}: Gram path vs token forward, rtol 1e-12"
+
+
 @pytest.mark.parametrize("k, static", [(6, False), (2, False), (6, True), (2, True)])
 def test_noiseless_wishart_draws_have_the_exact_moments(k, static):
     """σ = 0: the sampler draws only the inputs' d × d Bartlett factor (issue 14: fewer random words),
