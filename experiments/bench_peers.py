@@ -60,7 +60,25 @@ from lintrans.train import (
 )
 from lintrans.train_config import resolve_sampler
 
-__all__ = ["Peer", "PeerSizes", "FULL", "SMALL", "memory", "run"]
+__all__ = ["Peer", "SideBySide", "SIDE_BY_SIDE", "PeerSizes", "FULL", "SMALL", "memory", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SideBySide:
+    """One peer timed side by side with lintrans's default step (:data:`SIDE_BY_SIDE`).
+
+    Attributes:
+      who: the peer's code and version.
+      peer, lintrans: ``(low, high)`` steps/s over the runs (each run's median).
+      ratio: ``(low, high)`` over the runs of lintrans's median over the peer's within a run.
+      run: the key of the run set in :data:`SIDE_BY_SIDE` (its date, commit and conditions).
+    """
+
+    who: str
+    peer: tuple[float, float]
+    lintrans: tuple[float, float]
+    ratio: tuple[float, float]
+    run: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +92,8 @@ class Peer:
         the issue's author (quiet machine, same thread count).
       lintrans_before: ``(low, high)`` steps/s of lintrans's step before issue 14's changes, quoted
         from the same measurement.
-      side_by_side: ``((who, peer_low, peer_high, ratio_low, ratio_high), …)``: the peers measured
-        side by side with lintrans on the development machine (:data:`SIDE_BY_SIDE`; steps/s over
-        the runs, and lintrans's default step over the peer's within each run), and
-        ``lintrans_side_by_side`` lintrans's steps/s in those runs: the ratio the target is judged on.
+      side_by_side: :class:`SideBySide` records, the peers measured side by side with lintrans on
+        the development machine (:data:`SIDE_BY_SIDE`): the ratio the target is judged on.
     """
 
     name: str
@@ -88,35 +104,49 @@ class Peer:
     batch: int
     peers: tuple[tuple[str, float, float], ...]
     lintrans_before: tuple[float, float]
-    side_by_side: tuple[tuple[str, float, float, float, float], ...] = ()
-    lintrans_side_by_side: tuple[float, float] | None = None
+    side_by_side: tuple[SideBySide, ...] = ()
 
 
-#: Where the side-by-side figures come from (quoted; no peer code is in this repository).
-SIDE_BY_SIDE = ("measured on the development machine (2-core CPU, quiet: load average 0.3-0.4 before, 1.5-1.6 after "
-                "each run, the run's own two threads), 2026-12-02, two runs on the commit that re-applied the issue-14 "
-                "step (chi by sums, S = M^T M, the last layer read in place): one process, the peers' own code outside "
-                "this repository (von Oswald et al.'s haiku code on jax 0.10.2 and dm-haiku 0.0.17, their notebook's "
-                "training-loop body; Ahn et al.'s PyTorch code on torch 2.13.0 CPU, 2 threads, their notebook's loop "
-                "body) and lintrans's default step, interleaved rounds of 10 steps, median of 7 rounds; ratio = "
-                "median over median within a run")
+#: Where the side-by-side figures come from (quoted; no peer code is in this repository), by run set.
+SIDE_BY_SIDE = {
+    "2026-12-02": "measured on the development machine (2-core CPU, quiet: load average 0.3-0.4 before, 1.5-1.6 "
+                  "after each run, the run's own two threads), 2026-12-02, two runs on the commit that re-applied the "
+                  "issue-14 step (chi by sums, S = M^T M, the last layer read in place): one process, the peers' own "
+                  "code outside this repository (von Oswald et al.'s haiku code on jax 0.10.2 and dm-haiku 0.0.17, "
+                  "their notebook's training-loop body) and lintrans's default step, interleaved rounds of 10 steps, "
+                  "median of 7 rounds; ratio = median over median within a run",
+    "2026-12-03": "measured on the development machine (2-core CPU, quiet: load average 0.5-0.6 before, 1.1-1.3 "
+                  "after each run), 2026-12-03, two runs on commit 42b4ba1 (the Gram path's implicit layers): one "
+                  "process, Ahn et al.'s PyTorch code outside this repository (linear_transformer.py's Transformer_F, "
+                  "in_context_loss and generate_data_inplace without the rotation, fresh prompts every step; the "
+                  "variable-L notebook's per-matrix clip_and_step, clip 0.01; AdamW, betas (0.99, 0.9)) on torch "
+                  "2.13.0 CPU with 2 threads, and lintrans's default step, interleaved rounds of 10 steps, median of "
+                  "7 rounds; ratio = median over median within a run. The same driver on the commit before "
+                  "(4cd124f, every M_t formed), one run (load 1.15 at its start): lintrans 52.1 / 54.0 steps/s, "
+                  "ratio 4.95 (3 layers) / 2.25 (d 20)",
+}
 
 # Peer figures: quoted from issue 14, measured by the issue's author (not measured here), and the
-# side-by-side figures (SIDE_BY_SIDE).
+# side-by-side figures (SIDE_BY_SIDE). Ahn et al.'s rows were re-measured on 2026-12-03 after the
+# Gram path changed (their 2026-12-02 figures, by an earlier driver: 1 layer 5.91-7.50x, 3 layers
+# 5.70-5.84x, d 20 2.22-2.40x); the von Oswald rows were not: the 1-layer step's code is unchanged
+# since, and the 4-layer step only got faster (its 2026-12-02 lintrans figure is kept beside it).
+_VO = "von Oswald (their code, jax 0.10.2)"
+_AHN = "Ahn (PyTorch 2.13)"
 VON_OSWALD = Peer("von_oswald", "von Oswald et al., 1 layer, d 10, N 10, batch 2048", 1, 10, 10, 2048,
                   (("von Oswald (their JAX code, current JAX)", 131.0, 131.0),
                    ("von Oswald (their code, pinned JAX 0.4.13)", 64.0, 65.0)), (165.0, 173.0),
-                  (("von Oswald (their code, jax 0.10.2)", 30.9, 39.5, 3.46, 3.66),), (107.0, 144.2))
+                  (SideBySide(_VO, (30.9, 39.5), (107.0, 144.2), (3.46, 3.66), "2026-12-02"),))
 AHN_1 = Peer("ahn_1layer", "Ahn et al. (PyTorch), 1 layer, d 5, N 20, batch 4000", 1, 5, 20, 4000,
              (("Ahn (PyTorch)", 66.0, 71.0),), (129.0, 159.0),
-             (("Ahn (PyTorch 2.13)", 21.0, 29.8, 5.91, 7.50),), (157.2, 176.3))
+             (SideBySide(_AHN, (20.0, 21.4), (191.6, 221.4), (9.59, 10.35), "2026-12-03"),))
 AHN_3 = Peer("ahn_3layer", "Ahn et al. (PyTorch), 3 layers, d 5, N 20, batch 4000", 3, 5, 20, 4000,
              (("Ahn (PyTorch)", 23.0, 27.0),), (27.6, 29.7),
-             (("Ahn (PyTorch 2.13)", 6.6, 9.8, 5.70, 5.84),), (38.2, 55.8))
+             (SideBySide(_AHN, (9.06, 9.40), (54.6, 58.7), (6.02, 6.25), "2026-12-03"),))
 GARG = Peer("d20_n40_l4", "d 20, N 40, 4 layers, batch 256", 4, 20, 40, 256,
             (("von Oswald (current JAX)", 42.0, 43.0), ("Ahn (PyTorch)", 63.0, 67.0)), (123.0, 129.0),
-            (("von Oswald (their code, jax 0.10.2)", 8.8, 12.6, 3.46, 3.80),
-             ("Ahn (PyTorch 2.13)", 13.9, 19.6, 2.22, 2.40)), (33.3, 43.4))
+            (SideBySide(_VO, (8.8, 12.6), (33.3, 43.4), (3.46, 3.80), "2026-12-02"),
+             SideBySide(_AHN, (22.3, 22.7), (88.0, 93.4), (3.95, 4.12), "2026-12-03")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +249,7 @@ def run(config, progress) -> dict[str, Any]:
         steps = {impl: per_second(1, t) for impl, t in mine.items() if impl in STEP_IMPLS}
         best_peer = max(hi for _, _, hi in p.peers)
         ratio = None if sizes.small else steps["default"] / best_peer
-        sbs = min(lo for *_, lo, _ in p.side_by_side) if p.side_by_side and not sizes.small else None
+        sbs = min(r.ratio[0] for r in p.side_by_side) if p.side_by_side and not sizes.small else None
         others = {k: v for k, v in steps.items() if k != "default"}
         table.append({
             "config": p.name, "label": p.label,
@@ -229,9 +259,9 @@ def run(config, progress) -> dict[str, Any]:
             "peers_quoted": "; ".join(f"{who} {lo:g}" + (f"–{hi:g}" if hi != lo else "") for who, lo, hi in p.peers),
             "ratio_vs_best_peer": ratio,
             "target_met": None if ratio is None or sizes.target is None else ratio >= sizes.target,
-            "side_by_side": "; ".join(f"{who} {a:g}–{b:g} steps/s, lintrans {lo:.2f}–{hi:.2f}x"
-                                      for who, a, b, lo, hi in p.side_by_side) or None,
-            "lintrans_side_by_side": "{:g}–{:g}".format(*p.lintrans_side_by_side) if p.lintrans_side_by_side else None,
+            "side_by_side": "; ".join(f"{r.who} {r.peer[0]:g}–{r.peer[1]:g} steps/s, lintrans "
+                                      f"{r.lintrans[0]:g}–{r.lintrans[1]:g} steps/s, {r.ratio[0]:.2f}–{r.ratio[1]:.2f}x "
+                                      f"({r.run})" for r in p.side_by_side) or None,
             "ratio_side_by_side": sbs,
             "target_met_side_by_side": None if sbs is None or sizes.target is None else sbs >= sizes.target,
             "fastest_other": max(others, key=others.get) if others else None,

@@ -83,13 +83,15 @@ def test_gram_path_with_implicit_layers_equals_token_forward(n_layers, dim):
     def loss(predict, p):
         return jnp.mean((predict(p) - y) ** 2)
 
-    fast = jax.jit(jax.value_and_grad(lambda p: loss(lambda q: lb.linear_predict_batch(q, H, scale="1/N", readout=-1), p)))
+    fast = jax.jit(jax.value_and_grad(lambda p: loss(
+        lambda q: lb.linear_predict_batch(q, H, scale="1/N", readout=-1), p)))
     ref = jax.jit(jax.value_and_grad(lambda p: loss(
         lambda q: jax.vmap(lambda h: attention.predict_tokens(q, h, scale="1/N", readout=-1))(H), p)))
     (v_fast, g_fast), (v_ref, g_ref) = fast(params), ref(params)
     assert np.isfinite(float(v_ref)) and float(v_ref) > 0
-    assert float(rel_err(v_fast, v_ref)) <= RTOL, f"loss, L={n_layers}, D={dim}: Gram path vs token forward, rtol 1e-12"
-    assert _tree_rel_err(g_fast, g_ref) <= RTOL, f"gradients, L={n_layers}, D={dim}: Gram path vs token forward, rtol 1e-12"
+    where = f"L={n_layers}, D={dim}: Gram path vs token forward, rtol 1e-12"
+    assert float(rel_err(v_fast, v_ref)) <= RTOL, f"loss, {where}"
+    assert _tree_rel_err(g_fast, g_ref) <= RTOL, f"gradients, {where}"
 
 
 @pytest.mark.parametrize("k, static", [(6, False), (2, False), (6, True), (2, True)])
