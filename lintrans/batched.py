@@ -40,7 +40,8 @@ FORWARD_FUSED_MAX_DIM = 24
 #: implicitly, as ``3^j`` matrix-vector products with the last one formed (:func:`_gram_apply`),
 #: instead of forming each with two batched ``D × D`` products per prompt. Measured on the 2-core
 #: CPU (issue 14, float32 value-and-grad, quiet), formed vs implicit: ``L = 4, D = 21, B = 256``
-#: 16.9 → 7.0 ms; ``L = 3``: 10.2 → 1.8 ms; ``L = 3, D = 11, B = 2048``: 42.9 → 8.9 ms. At
+#: 16.9–24.5 → 7.0–7.8 ms (two runs); ``L = 3``: 10.2 → 1.8 ms; ``L = 3, D = 11, B = 2048``:
+#: 42.9 → 8.9 ms. At
 #: ``L = 5, D = 21`` three implicit layers (22.3 ms) beat four (28.4) and none (27.9); at ``L = 6``
 #: three (18.2) beat four (18.7) and none (24.4): the cost grows as ``3^j``, so the rest are formed.
 IMPLICIT_MAX_LAYERS = 3
