@@ -285,8 +285,9 @@ def _materialised_layers(M: jax.Array, q: jax.Array, kq: jax.Array, w_v: jax.Arr
         return (M, q), None
 
     # Unrolled when the products are einsums (D > TINY_MATMUL_MAX_DIM): measured 17.0 → 14.3 ms at
-    # L = 4, D = 21 (and 67 → 59 ms at D = 11); at D = 6 unrolling was slower (16.8 → 24.5 ms).
-    # Compilation grows with the layer count when unrolled.
+    # L = 4, D = 21 (and 67 → 59 ms at D = 11) when all L - 1 layers were formed here, before the
+    # implicit layers; at D = 6 unrolling was slower (16.8 → 24.5 ms). Compilation grows with the
+    # layer count when unrolled.
     unroll = 1 if tiny else max(kq.shape[0], 1)
     (M, q), _ = jax.lax.scan(layer, (M, q), (kq, w_v), unroll=unroll)
     return M, q
