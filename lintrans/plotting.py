@@ -86,7 +86,8 @@ def sparse_symlog_ticks(ax, which: str = "y", max_per_side: int = 4) -> None:
     lo, hi = (ax.get_xlim if which == "x" else ax.get_ylim)()
     top = max(0, int(np.ceil(np.log10(max(abs(lo), abs(hi), 1.0)))))
     step = max(1, int(np.ceil((top + 1) / max_per_side)))
-    ticks = [t for t in sorted({0.0, *(s * 10.0 ** k for k in range(step, top + 1, step) for s in (1, -1))})
+    first = 0 if top <= 2 else step  # a span of ≤ 2 decades would otherwise get one tick a side
+    ticks = [t for t in sorted({0.0, *(s * 10.0 ** k for k in range(first, top + 1, step) for s in (1, -1))})
              if lo <= t <= hi]
     labels = ["0" if t == 0 else f"${'-' if t < 0 else ''}10^{{{int(round(np.log10(abs(t))))}}}$" for t in ticks]
     (ax.set_xticks if which == "x" else ax.set_yticks)(ticks, labels, fontsize=8)

@@ -129,35 +129,47 @@ def choices(results: dict):
             if "oracle" in e.get("choices", {})]
     if not rows:
         return None
-    fig, ax = plotting.figure(width=7.2, height=0.22 * len(rows) + 1.4)
+    fig, ax = plotting.figure(width=7.2, height=0.22 * len(rows) + 1.6)
     methods = ("algorithm1", "label_free", "oracle")
     names = {"algorithm1": "Algorithm 1 (validation)", "label_free": "label-free (bound)", "oracle": "oracle (test set)"}
-    cut = False
+    # Values beyond the axis are written in a column right of the axes, one per row, so no label sits on
+    # an interval or a marker (written on the row itself, they landed on the intervals cut at the edge).
+    beyond = [[] for _ in rows]
+    finite = np.zeros(len(rows), bool)
     for k, meth in enumerate(methods):
         y = np.arange(len(rows)) + (k - 1) * 0.25
         v = np.array([100 * _v(r[2][meth]["rel_change"]) if meth in r[2] else np.nan for r in rows])
         ci = np.array([[100 * _v(x) for x in r[2][meth]["rel_change_ci95"]] if meth in r[2] else [np.nan, np.nan] for r in rows])
+        finite |= np.isfinite(v)
         # A divergent tail (an 8-layer model's +4e75 %) would stretch the axis until every other row sat on
         # 0: points and intervals beyond ±CHOICE_AXIS_LIMIT are cut at the edge, the point marked and its value written.
         vc, cic = np.clip(v, -CHOICE_AXIS_LIMIT, CHOICE_AXIS_LIMIT), np.clip(ci, -CHOICE_AXIS_LIMIT, CHOICE_AXIS_LIMIT)
         ax.errorbar(vc, y, xerr=[np.maximum(vc - cic[:, 0], 0), np.maximum(cic[:, 1] - vc, 0)], fmt="o", ms=3,
                     capsize=2, color=f"C{k}", label=names[meth])
-        for yi, vi in zip(y, v):
+        for i, (yi, vi) in enumerate(zip(y, v)):
             if np.isfinite(vi) and abs(vi) > CHOICE_AXIS_LIMIT:
-                cut = True
                 edge = np.sign(vi) * CHOICE_AXIS_LIMIT
-                ax.plot([edge], [yi], marker=">" if vi > 0 else "<", ms=6, color=f"C{k}", ls="none")
-                ax.annotate(f"{vi:+.1e} %", (edge, yi), xytext=(-4 if vi > 0 else 4, 0), textcoords="offset points",
-                            ha="right" if vi > 0 else "left", va="center", fontsize=8, color=f"C{k}")
+                ax.plot([edge], [yi], marker=">" if vi > 0 else "<", ms=6, color=f"C{k}", ls="none",
+                        clip_on=False, zorder=5)
+                beyond[i].append((f"{vi:+.1e} %", f"C{k}"))
+    side = ax.get_yaxis_transform()  # x in axes fraction, y in data: a column beside the axes
+    for i, labels in enumerate(beyond):
+        for j, (text, color) in enumerate(labels):
+            ax.text(1.02, i + 0.3 * (j - (len(labels) - 1) / 2), text, transform=side, ha="left", va="center",
+                    fontsize=8, color=color, clip_on=False)
+        if not finite[i]:
+            ax.text(0.5, i, "no finite change: the unpruned test error is not finite (prompts overflow)",
+                    transform=side, ha="center", va="center", fontsize=8, color="0.35")
     ax.set_xlim(-1.05 * CHOICE_AXIS_LIMIT, 1.05 * CHOICE_AXIS_LIMIT)
     ax.axvline(0, color="k", lw=0.6)
     ax.set_yticks(np.arange(len(rows)), [f"{m} | {s}" for m, s, _ in rows], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xscale("symlog", linthresh=1.0)
     plotting.sparse_symlog_ticks(ax, "x")  # a tick per decade crowds the labels when a tail reaches 1e7 %
+    cut = any(beyond)
     ax.set_xlabel("test error change of the chosen attn clip (%, symlog; 95 % interval over seeds)"
-                  + (f"\nbeyond ±{CHOICE_AXIS_LIMIT:.0e} %: cut at the edge, the point marked ▶/◀ with its value" if cut else ""))
-    plotting.legend_outside(ax)
+                  + (f"\nbeyond ±{CHOICE_AXIS_LIMIT:.0e} %: cut at the edge, marked ▶/◀, the value written at the right" if cut else ""))
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, borderaxespad=0.3, frameon=False)
     return fig
 
 
