@@ -91,8 +91,8 @@ def bound_vs_layer(res: dict, *, form: str, eps: float):
     # the linear band around 0 and the divergent ones on the log part, the sign visible throughout.
     half = np.abs(ci[np.isfinite(ci) & (ci > 0)])
     unit = float(10.0 ** np.floor(np.log10(np.median(half)))) if half.size else 1.0
-    a.errorbar(gap[1:] / unit, bnd[1:], xerr=ci[1:] / unit, fmt="o", ms=3, elinewidth=0.8, label="one layer clipped")
-    a.errorbar(gap[:1] / unit, bnd[:1], xerr=ci[:1] / unit, fmt="s", ms=5, color="k", elinewidth=0.8, label="unpruned")
+    a.errorbar(gap[1:] / unit, bnd[1:], xerr=ci[1:] / unit, fmt="o", ms=3, elinewidth=0.8)
+    a.errorbar(gap[:1] / unit, bnd[:1], xerr=ci[:1] / unit, fmt="s", ms=5, color="k", elinewidth=0.8)
     a.set_xscale("symlog", linthresh=1.0)
     plotting.sparse_symlog_ticks(a, "x")
     a.axvline(0.0, color="k", lw=0.6)
