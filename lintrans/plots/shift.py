@@ -51,7 +51,10 @@ def heatmap(results: dict):
     centers = [j0 + (sum(1 for mm, _ in cols if mm == m["model"]) - 1) / 2
                for j0, m in zip(starts, results["models"])]
     top = ax.secondary_xaxis("top")
-    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8, rotation=40, ha="left")
+    # anchored at the start of the text, so that the names of adjacent one-column models stay one
+    # column apart along the axis instead of their bounding boxes meeting
+    top.set_xticks(centers, [m["model"] for m in results["models"]], fontsize=8, rotation=50, ha="left",
+                   va="center", rotation_mode="anchor")
     top.tick_params(length=0)
     for i in range(len(shifts)):
         for j in range(len(cols)):
