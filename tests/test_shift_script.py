@@ -1,24 +1,15 @@
 """experiments/pruning_under_shift.py: a --quick smoke run, the results schema, and its errors (exit 2, one line)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "pruning_under_shift.py"
 CELL_KEYS = {"model", "shift", "shift_label", "n_demos", "layer", "target", "xi", "rank", "ranks", "full_rank", "rank0",
              "error", "error_pruned", "rel_change", "rel_change_ci95", "rel_change_se", "significant", "improves",
              "log_ratio", "log_ratio_ci95", "median", "median_pruned", "frac_improved", "tail_frac", "tail_frac_pruned",
              "diverged", "diverged_pruned", "n_prompts", "n_seeds", "G_norm", "G_norm_pruned", "dlog_G", "step",
              "step_pruned"}
-
-
-def _run(*args, timeout=900):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
 def _module():
@@ -47,13 +38,14 @@ def test_bad_flags_are_refused_naming_the_flag(args, match, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_quick_smoke_run_and_schema(tmp_path):
+def test_quick_smoke_run_and_schema(tmp_path, capsys):
     """--quick at the smallest sizes: one tiny 1-layer model, two shifts (one with fewer shots); the cells carry
     the documented keys, the one-layer theory, the bound; ξ = 0 cells change nothing; figures are written."""
-    r = _run("--quick", "--models", "lin-L1-s1/N", "--shift", "none", "--shift", "shots=N/2", "--n-test", "16",
-             "--n-val", "8", "--n-bound", "2", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path),
-             "--figures-dir", str(tmp_path / "fig"), "--quiet")
-    assert r.returncode == 0, r.stderr[-3000:]
+    # in-process (the CLI's --shift joining is main's, so argv takes the same path as a program's)
+    assert _module().main(["--quick", "--models", "lin-L1-s1/N", "--shift", "none", "--shift", "shots=N/2",
+                           "--n-test", "16", "--n-val", "8", "--n-bound", "2", "--runs-dir", str(tmp_path / "runs"),
+                           "--results-dir", str(tmp_path), "--figures-dir", str(tmp_path / "fig"), "--quiet"]) == 0
+    stdout = capsys.readouterr().out
     doc = json.loads((tmp_path / "pruning_under_shift_quick.json").read_text())
     res = doc["results"]
     cells = res["cells"]
@@ -70,7 +62,7 @@ def test_quick_smoke_run_and_schema(tmp_path):
     assert {"algorithm1", "label_free", "oracle"} <= set(ch) and ch["oracle"]["rel_change"] <= 0.0
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
         "shift_choices_quick.png", "shift_heatmap_quick.png", "shift_mechanism_quick.png", "shift_onelayer_quick.png"]
-    assert "wrote:" in r.stdout
+    assert "wrote:" in stdout
 
 
 def test_rate_choice_figure_cuts_a_divergent_tail_at_the_axis_edge():
