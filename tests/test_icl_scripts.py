@@ -75,7 +75,7 @@ def test_train_icl_linear_smoke_resume_and_plot_only(train_icl, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
+def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys, monkeypatch):
     """Trains a linear and a softmax run (the softmax path of lintrans.train end to end), reuses them;
     a run of another size beside them trains into its own folder instead of being refused."""
     runs = tmp_path / "runs"
@@ -103,8 +103,11 @@ def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
     assert list(res["train_steps"]["linear attention, L=2"]) == ["0", "4", "8", "12"]
     for name in ("icl_vs_least_squares.png", "icl_train_steps.png"):
         assert (tmp_path / name).stat().st_size > 0
-    # A second run reuses the finished runs; --plot-only redraws from the JSON.
-    assert icl_curves.main(args) == 0
+    # A second run reuses the finished runs (its figures are the first run's code again: not drawn);
+    # --plot-only redraws from the JSON.
+    with monkeypatch.context() as m:
+        m.setattr(icl_curves, "plot", None)
+        assert icl_curves.main(args) == 0
     res2 = json.loads((tmp_path / "icl.json").read_text())["results"]
     assert {c.get("status") for c in res2["curves"].values()} == {"reused", None}
     assert res2["curves"]["linear attention, L=2"]["mean"] == res["curves"]["linear attention, L=2"]["mean"]
@@ -115,6 +118,7 @@ def test_icl_curves_smoke_reuse_and_plot_only(icl_curves, tmp_path, capsys):
     before = {p.name for p in runs.iterdir()}
     linear_only = [a for i, a in enumerate(args) if not (a.startswith("--softmax") or args[i - 1].startswith("--softmax"))]
     linear_only[linear_only.index("--linear-steps") + 1] = "8"  # a flag is given once (the CLI refuses repeats)
+    monkeypatch.setattr(icl_curves, "plot", None)
     assert icl_curves.main([*linear_only, "--no-softmax"]) == 0
     res3 = json.loads((tmp_path / "icl.json").read_text())["results"]
     assert res3["curves"]["linear attention, L=2"]["status"] == "trained" and res3["curves"]["linear attention, L=2"]["step"] == 8
