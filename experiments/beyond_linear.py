@@ -151,8 +151,9 @@ def run(config: Config, *, quiet: bool = False) -> dict:
             arrays.update(arr)
             if not quiet:
                 err = per_model[m]["training"]["error"]["mean"][-1, -1]
-                print(f"probed {m}: ICL error {err:.3g}; clipping W_V of layer L: {per_model[m]['verdicts']}; "
-                      f"{per_model[m]['error_verdicts']}")
+                print(f"probed {m}: ICL error {err:.3g}; clipping W_V of layer L at rate ξ:")
+                for xi, v in per_model[m]["verdicts"].items():
+                    print(f"  ξ = {xi}: {v}; {per_model[m]['error_verdicts'][xi]}")
         ls = float(jnp.mean(jnp.square(jax.vmap(lambda h: implicit.reference_weights(h, eta=gd.eta, n_steps=1,
                    lam=config.ridge_lam)["least_squares"] @ h[:-1, -1])(batch.H) - batch.y_query))) / config.d_in
     steps = per_model[config.models[0]]["steps"]

@@ -630,9 +630,14 @@ def headline(models: list[dict]) -> list[str]:
     return lines
 
 
+def _fmt_num(v):
+    # a diverged clip's change can reach 1e78 %: fixed notation would print 80 digits
+    return f"{v:+.1f}" if abs(v) < 1e4 else f"{v:+.2e}"
+
+
 def _fmt_iv(mean, ci, pct=True):
     f = 100.0 if pct else 1.0
-    return f"{f * mean:+.1f}{' %' if pct else ''} [{f * ci[0]:+.1f}, {f * ci[1]:+.1f}]"
+    return f"{_fmt_num(f * mean)}{' %' if pct else ''} [{_fmt_num(f * ci[0])}, {_fmt_num(f * ci[1])}]"
 
 
 def summary_lines(models: list[dict], corr: dict) -> list[str]:

@@ -41,7 +41,10 @@ def test_quick_smoke_run(tmp_path, capsys, monkeypatch):
     args2 = [a for a in args if a != "--quiet"]
     monkeypatch.setattr(mod, "plot", None)
     assert mod.main(args2) == 0
-    assert "reusing linear" in capsys.readouterr().out
+    out2 = capsys.readouterr().out
+    assert "reusing linear" in out2
+    # the verdicts are lines per rate, not a printed Python dict
+    assert "  ξ = 0.5: " in out2 and "{'" not in out2
 
 
 @pytest.mark.parametrize("flags, message", [

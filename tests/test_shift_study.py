@@ -150,3 +150,12 @@ def test_a_softmax_cell_equals_clipping_by_hand_and_scoring_directly():
             assert ranks == c["ranks"]
             np.testing.assert_allclose(err[s, c["point"]], np.asarray(direct(clipped, batch.H, batch.y_query)),
                                        rtol=1e-10, atol=1e-14, err_msg=f"softmax cell {c}: sweep vs clipping by hand")
+
+
+def test_printed_intervals_stay_short_when_a_clip_diverges():
+    """A diverged clip's relative change can be 1e76: printed in scientific notation (not 80 digits);
+    ordinary changes keep one decimal, in percent."""
+    assert ss._fmt_iv(-0.202, (-0.897, 0.492)) == "-20.2 % [-89.7, +49.2]"
+    big = ss._fmt_iv(4.1e76, (-9.0e76, 1.3e77))
+    assert big == "+4.10e+78 % [-9.00e+78, +1.30e+79]" and len(big) < 40
+    assert ss._fmt_iv(np.inf, (np.nan, np.inf)) == "+inf % [+nan, +inf]"
