@@ -99,7 +99,7 @@ def training_figure(results: dict):
 
 def clipping_figure(results: dict):
     """Clipping W_V of the last layer: distance to GD and ICL error against ξ (ξ = 0: unclipped)."""
-    fig, axes = plotting.figure(1, 2, width=7.2, height=3.4)
+    fig, axes = plotting.figure(1, 2, width=7.2, height=3.9)
     rates = [0.0] + list(results["rates"])
     x = np.arange(len(rates))
     for k, name in enumerate(results["models"]):
@@ -117,7 +117,8 @@ def clipping_figure(results: dict):
         ax.set_xticks(x, labels)
         ax.set_xlabel("ξ of W_V in layer L (kept rank r)")
         ax.set_title(title, fontsize=plotting.FONT_SIZE)
-    axes[1].legend(fontsize=8)
+    # below both panels: inside either one it covers the ξ = 0.9 intervals, which reach the axis floor
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 
 
